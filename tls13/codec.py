@@ -18,7 +18,9 @@ _MAX = {1: 0xFF, 2: 0xFFFF, 3: 0xFFFFFF, 4: 0xFFFFFFFF}
 class Reader:
     __slots__ = ("_data", "_pos", "_end")
 
-    def __init__(self, data: bytes | bytearray | memoryview, start: int = 0, end: int | None = None):
+    def __init__(
+        self, data: bytes | bytearray | memoryview, start: int = 0, end: int | None = None
+    ):
         self._data = data
         self._pos = start
         self._end = len(data) if end is None else end
