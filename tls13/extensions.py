@@ -1,0 +1,648 @@
+"""TLS 1.3 extensions (RFC 8446 §4.2): type codes, placement rules and body codecs.
+
+Extensions travel as an ordered list of ``(type, body)`` pairs; the raw body is
+kept so a message re-serializes byte for byte.  :func:`parse_extensions`
+enforces the framing rules every message shares (no duplicates, only the
+extensions the §4.2 table allows in that message, ``pre_shared_key`` last in a
+ClientHello) and checks the syntax of each body it recognizes, so a malformed
+extension is rejected even when nobody asks for its value.  The typed values
+come from the ``decode_*`` functions; ``encode_*`` build bodies.
+
+Whether a server-sent extension answers one the client offered is checked by
+the client with :func:`check_offered`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from .alerts import AlertDescription, TLSError, decode_error, illegal_parameter
+from .codec import Reader, Writer
+
+Extensions = list[tuple[int, bytes]]
+"""An ordered list of ``(extension type, raw body)`` pairs."""
+
+
+class ExtensionType(IntEnum):
+    server_name = 0
+    max_fragment_length = 1
+    status_request = 5
+    supported_groups = 10
+    signature_algorithms = 13
+    use_srtp = 14
+    heartbeat = 15
+    application_layer_protocol_negotiation = 16
+    signed_certificate_timestamp = 18
+    client_certificate_type = 19
+    server_certificate_type = 20
+    padding = 21
+    compress_certificate = 27
+    record_size_limit = 28
+    pre_shared_key = 41
+    early_data = 42
+    supported_versions = 43
+    cookie = 44
+    psk_key_exchange_modes = 45
+    certificate_authorities = 47
+    oid_filters = 48
+    post_handshake_auth = 49
+    signature_algorithms_cert = 50
+    key_share = 51
+
+
+class ExtContext(IntEnum):
+    """Where an extension appears; values equal the carrying message's HandshakeType.
+
+    HelloRetryRequest shares the ServerHello type on the wire, so it takes the
+    retired ``hello_retry_request`` code 6; a CertificateEntry takes the
+    Certificate code.
+    """
+
+    CH = 1
+    SH = 2
+    NST = 4
+    HRR = 6
+    EE = 8
+    CT = 11
+    CR = 13
+
+
+_CH, _SH, _NST, _HRR, _EE, _CT, _CR = (
+    ExtContext.CH,
+    ExtContext.SH,
+    ExtContext.NST,
+    ExtContext.HRR,
+    ExtContext.EE,
+    ExtContext.CT,
+    ExtContext.CR,
+)
+
+# RFC 8446bis §4.2 table: the messages each recognized extension may appear in.
+ALLOWED: dict[int, frozenset[ExtContext]] = {
+    ExtensionType.server_name: frozenset({_CH, _EE}),
+    ExtensionType.max_fragment_length: frozenset({_CH, _EE}),
+    ExtensionType.status_request: frozenset({_CH, _CR, _CT}),
+    ExtensionType.supported_groups: frozenset({_CH, _EE}),
+    ExtensionType.signature_algorithms: frozenset({_CH, _CR}),
+    ExtensionType.use_srtp: frozenset({_CH, _EE}),
+    ExtensionType.heartbeat: frozenset({_CH, _EE}),
+    ExtensionType.application_layer_protocol_negotiation: frozenset({_CH, _EE}),
+    ExtensionType.signed_certificate_timestamp: frozenset({_CH, _CR, _CT}),
+    ExtensionType.client_certificate_type: frozenset({_CH, _EE}),
+    ExtensionType.server_certificate_type: frozenset({_CH, _EE}),
+    ExtensionType.padding: frozenset({_CH}),
+    ExtensionType.compress_certificate: frozenset({_CH, _CR}),
+    ExtensionType.record_size_limit: frozenset({_CH, _EE}),
+    ExtensionType.pre_shared_key: frozenset({_CH, _SH}),
+    ExtensionType.early_data: frozenset({_CH, _EE, _NST}),
+    ExtensionType.supported_versions: frozenset({_CH, _SH, _HRR}),
+    ExtensionType.cookie: frozenset({_CH, _HRR}),
+    ExtensionType.psk_key_exchange_modes: frozenset({_CH}),
+    ExtensionType.certificate_authorities: frozenset({_CH, _CR}),
+    ExtensionType.oid_filters: frozenset({_CR}),
+    ExtensionType.post_handshake_auth: frozenset({_CH}),
+    ExtensionType.signature_algorithms_cert: frozenset({_CH, _CR}),
+    ExtensionType.key_share: frozenset({_CH, _SH, _HRR}),
+}
+
+# Messages whose receiver must ignore extensions it does not recognize
+# (§4.1.2 ClientHello, §4.3.2 CertificateRequest, §4.6.1 NewSessionTicket).
+# Elsewhere the peer may only answer what was offered, and we never offer an
+# extension we do not know, so an unknown one there is unsupported_extension.
+_IGNORE_UNKNOWN = frozenset({_CH, _CR, _NST})
+
+SUPPORTED_VERSION_TLS13 = 0x0304
+PSK_DHE_KE = 1
+PSK_KE = 0
+STATUS_TYPE_OCSP = 1
+
+
+def is_grease(value: int) -> bool:
+    """RFC 8701 GREASE code points (0x?A?A) for 16-bit fields."""
+    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
+
+
+# --------------------------------------------------------------------------
+# List framing
+# --------------------------------------------------------------------------
+
+
+def parse_extensions(reader: Reader, context: int, minimum: int = 0) -> Extensions:
+    """Read an ``Extension extensions<minimum..2^16-1>`` block for ``context``.
+
+    ``context`` is an :class:`ExtContext` (a HandshakeType value works for
+    every message except HelloRetryRequest and CertificateEntry).
+    """
+    ctx = ExtContext(context)
+    block = reader.sub(2, minimum)
+    result: Extensions = []
+    seen: set[int] = set()
+    while not block.at_end():
+        ext_type = block.uint16()
+        body = block.vector(2)
+        # RFC 8446 §4.2: at most one extension of each type in a block.
+        if ext_type in seen:
+            raise illegal_parameter(f"duplicate extension {ext_type}")
+        seen.add(ext_type)
+        _check_placement(ext_type, ctx)
+        _check_body(ext_type, ctx, body)
+        result.append((ext_type, body))
+    if ctx is _CH and ExtensionType.pre_shared_key in seen:
+        # RFC 8446 §4.2.11: pre_shared_key must be the last extension in ClientHello.
+        if result[-1][0] != ExtensionType.pre_shared_key:
+            raise illegal_parameter("pre_shared_key is not the last extension")
+    return result
+
+
+def _check_placement(ext_type: int, ctx: ExtContext) -> None:
+    allowed = ALLOWED.get(ext_type)
+    if allowed is None:
+        if ctx not in _IGNORE_UNKNOWN:
+            raise TLSError(
+                AlertDescription.unsupported_extension, f"unsolicited extension {ext_type}"
+            )
+        return
+    if ctx not in allowed:
+        # RFC 8446 §4.2: a recognized extension in the wrong message.
+        raise illegal_parameter(f"extension {ext_type} not allowed in {ctx.name}")
+
+
+def write_extensions(writer: Writer, extensions: Iterable[tuple[int, bytes]]) -> None:
+    """Write an extensions block with its 2-byte length prefix."""
+    with writer.prefixed(2):
+        for ext_type, body in extensions:
+            writer.uint16(ext_type)
+            writer.vector(2, body)
+
+
+def find_extension(extensions: Sequence[tuple[int, bytes]], ext_type: int) -> bytes | None:
+    """The body of ``ext_type`` in ``extensions``, or None when absent."""
+    for found_type, body in extensions:
+        if found_type == ext_type:
+            return body
+    return None
+
+
+def check_offered(received: Sequence[tuple[int, bytes]], offered: Iterable[int]) -> None:
+    """Client side: every server-sent extension must answer one we offered.
+
+    RFC 8446 §4.2: a response extension without a matching request is
+    ``unsupported_extension`` (cookie is the one HRR may send unprompted).
+    """
+    offered_set = set(offered) | {ExtensionType.cookie}
+    for ext_type, _ in received:
+        if ext_type not in offered_set:
+            raise TLSError(
+                AlertDescription.unsupported_extension, f"extension {ext_type} was not offered"
+            )
+
+
+# --------------------------------------------------------------------------
+# Body codecs
+# --------------------------------------------------------------------------
+
+
+def _reader(body: bytes) -> Reader:
+    return Reader(body)
+
+
+def _expect_empty(body: bytes, what: str) -> None:
+    if body:
+        raise decode_error(f"{what} extension must be empty")
+
+
+# server_name (RFC 6066 §3) -------------------------------------------------
+
+_HOST_NAME = 0
+_HOSTNAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def normalize_host_name(raw: bytes) -> str:
+    """Validate an SNI host name and return it lower-cased without a trailing dot.
+
+    RFC 6066 §3: an ASCII DNS name without the trailing dot; we tolerate one
+    trailing dot (some clients send the absolute form) and refuse anything that
+    is not a plausible DNS name (empty labels, non-LDH bytes, over-long names).
+    """
+    name = raw[:-1] if raw.endswith(b".") else raw
+    if not name or len(name) > 253:
+        raise illegal_parameter("server_name length out of range")
+    if not set(name) <= _HOSTNAME_CHARS:
+        raise illegal_parameter("server_name contains characters outside LDH ASCII")
+    for label in name.split(b"."):
+        if not label or len(label) > 63:
+            raise illegal_parameter("server_name has an empty or over-long label")
+    return name.decode("ascii").lower()
+
+
+def decode_server_name(body: bytes) -> str:
+    """ClientHello server_name: exactly one host_name entry."""
+    r = _reader(body)
+    names = r.sub(2, 1)
+    r.expect_end("server_name")
+    name_type = names.uint8()
+    if name_type != _HOST_NAME:
+        # Like OpenSSL we accept host_name only: RFC 6066 left other types unusable.
+        raise decode_error(f"server_name type {name_type} is not host_name")
+    host = names.vector(2, 1)
+    names.expect_end("server_name list (one host_name only)")
+    return normalize_host_name(host)
+
+
+def encode_server_name(host: str) -> bytes:
+    w = Writer()
+    raw = host.encode("ascii")
+    normalize_host_name(raw)
+    with w.prefixed(2):
+        w.uint8(_HOST_NAME)
+        w.vector(2, raw)
+    return w.getvalue()
+
+
+# supported_versions (§4.2.1) -----------------------------------------------
+
+
+def decode_supported_versions_ch(body: bytes) -> list[int]:
+    r = _reader(body)
+    versions = r.sub(1, 2, 254)
+    r.expect_end("supported_versions")
+    if versions.remaining % 2:
+        raise decode_error("odd supported_versions length")
+    result = []
+    while not versions.at_end():
+        result.append(versions.uint16())
+    return result
+
+
+def encode_supported_versions_ch(versions: Sequence[int]) -> bytes:
+    w = Writer()
+    with w.prefixed(1):
+        for version in versions:
+            w.uint16(version)
+    return w.getvalue()
+
+
+def decode_uint16_body(body: bytes, what: str = "extension") -> int:
+    """A body that is a single uint16 (SH supported_versions, HRR key_share, SH psk)."""
+    r = _reader(body)
+    value = r.uint16()
+    r.expect_end(what)
+    return value
+
+
+def encode_uint16_body(value: int) -> bytes:
+    return value.to_bytes(2, "big")
+
+
+decode_selected_version = decode_uint16_body
+decode_selected_group = decode_uint16_body
+decode_selected_identity = decode_uint16_body
+
+
+# supported_groups / signature_algorithms(_cert) ----------------------------
+
+
+def decode_uint16_list(body: bytes, what: str = "list") -> list[int]:
+    """NamedGroupList / SignatureSchemeList: a non-empty uint16 list."""
+    r = _reader(body)
+    values = r.uint16_list(2, 2)
+    r.expect_end(what)
+    return values
+
+
+def encode_uint16_list(values: Sequence[int]) -> bytes:
+    w = Writer()
+    w.uint16_list(2, list(values))
+    return w.getvalue()
+
+
+decode_supported_groups = decode_uint16_list
+decode_signature_algorithms = decode_uint16_list
+
+
+# key_share (§4.2.8) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyShareEntry:
+    group: int
+    key_exchange: bytes
+
+
+def _read_key_share_entry(r: Reader) -> KeyShareEntry:
+    group = r.uint16()
+    return KeyShareEntry(group, r.vector(2, 1))
+
+
+def decode_key_share_ch(body: bytes) -> list[KeyShareEntry]:
+    r = _reader(body)
+    shares = r.sub(2)
+    r.expect_end("key_share")
+    entries: list[KeyShareEntry] = []
+    groups: set[int] = set()
+    while not shares.at_end():
+        entry = _read_key_share_entry(shares)
+        # §4.2.8: clients MUST NOT offer two shares for one group.
+        if entry.group in groups:
+            raise illegal_parameter("duplicate key_share group")
+        groups.add(entry.group)
+        entries.append(entry)
+    return entries
+
+
+def encode_key_share_ch(entries: Sequence[KeyShareEntry]) -> bytes:
+    w = Writer()
+    with w.prefixed(2):
+        for entry in entries:
+            w.uint16(entry.group)
+            w.vector(2, entry.key_exchange)
+    return w.getvalue()
+
+
+def decode_key_share_sh(body: bytes) -> KeyShareEntry:
+    r = _reader(body)
+    entry = _read_key_share_entry(r)
+    r.expect_end("key_share")
+    return entry
+
+
+def encode_key_share_sh(entry: KeyShareEntry) -> bytes:
+    w = Writer()
+    w.uint16(entry.group)
+    w.vector(2, entry.key_exchange)
+    return w.getvalue()
+
+
+# ALPN (RFC 7301 §3.1) -------------------------------------------------------
+# Protocol names are opaque octets; we map them to str with latin-1, which is
+# a bijection, so any name survives the round trip.
+
+
+def decode_alpn(body: bytes) -> list[str]:
+    r = _reader(body)
+    names = r.sub(2, 2)
+    r.expect_end("application_layer_protocol_negotiation")
+    result = []
+    while not names.at_end():
+        name: bytes = names.vector(1, 1)
+        result.append(name.decode("latin-1"))
+    return result
+
+
+def encode_alpn(protocols: Sequence[str]) -> bytes:
+    if not protocols:
+        raise ValueError("ALPN needs at least one protocol")
+    w = Writer()
+    with w.prefixed(2):
+        for name in protocols:
+            raw = name.encode("latin-1")
+            if not 1 <= len(raw) <= 255:
+                raise ValueError("ALPN protocol names are 1..255 bytes")
+            w.vector(1, raw)
+    return w.getvalue()
+
+
+def decode_alpn_selected(body: bytes) -> str:
+    """Server's answer (EE): RFC 7301 §3.1 requires exactly one name."""
+    names = decode_alpn(body)
+    if len(names) != 1:
+        raise decode_error("server ALPN must select exactly one protocol")
+    return names[0]
+
+
+# cookie (§4.2.2) ------------------------------------------------------------
+
+
+def decode_cookie(body: bytes) -> bytes:
+    r = _reader(body)
+    cookie = r.vector(2, 1)
+    r.expect_end("cookie")
+    return cookie
+
+
+def encode_cookie(cookie: bytes) -> bytes:
+    w = Writer()
+    w.vector(2, cookie)
+    return w.getvalue()
+
+
+# record_size_limit (RFC 8449 §4) ---------------------------------------------
+
+
+def decode_record_size_limit(body: bytes) -> int:
+    limit = decode_uint16_body(body, "record_size_limit")
+    if limit < 64:
+        raise illegal_parameter("record_size_limit below 64")
+    return limit
+
+
+encode_record_size_limit = encode_uint16_body
+
+
+# psk_key_exchange_modes (§4.2.9) ---------------------------------------------
+
+
+def decode_psk_modes(body: bytes) -> list[int]:
+    r = _reader(body)
+    modes: list[int] = list(r.vector(1, 1))
+    r.expect_end("psk_key_exchange_modes")
+    return modes
+
+
+def encode_psk_modes(modes: Sequence[int]) -> bytes:
+    w = Writer()
+    w.vector(1, bytes(modes))
+    return w.getvalue()
+
+
+# pre_shared_key (§4.2.11) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PskIdentity:
+    identity: bytes
+    obfuscated_ticket_age: int
+
+
+@dataclass(frozen=True)
+class OfferedPsks:
+    identities: tuple[PskIdentity, ...]
+    binders: tuple[bytes, ...]
+
+
+def decode_offered_psks(body: bytes) -> OfferedPsks:
+    r = _reader(body)
+    ids = r.sub(2, 7)
+    identities = []
+    while not ids.at_end():
+        identity = ids.vector(2, 1)
+        identities.append(PskIdentity(identity, ids.uint32()))
+    binders_reader = r.sub(2, 33)
+    r.expect_end("pre_shared_key")
+    binders = []
+    while not binders_reader.at_end():
+        binders.append(binders_reader.vector(1, 32))
+    if len(binders) != len(identities):
+        # §4.2.11: one binder per identity.
+        raise illegal_parameter("pre_shared_key identity and binder counts differ")
+    return OfferedPsks(tuple(identities), tuple(binders))
+
+
+def encode_binders(binders: Sequence[bytes]) -> bytes:
+    """The ``binders<33..2^16-1>`` vector including its length prefix."""
+    w = Writer()
+    with w.prefixed(2):
+        for binder in binders:
+            w.vector(1, binder)
+    return w.getvalue()
+
+
+def encode_offered_psks(psks: OfferedPsks) -> bytes:
+    w = Writer()
+    with w.prefixed(2):
+        for psk in psks.identities:
+            w.vector(2, psk.identity)
+            w.uint32(psk.obfuscated_ticket_age)
+    w.bytes(encode_binders(psks.binders))
+    return w.getvalue()
+
+
+# early_data (§4.2.10) ---------------------------------------------------------
+
+
+def decode_max_early_data(body: bytes) -> int:
+    r = _reader(body)
+    size = r.uint32()
+    r.expect_end("early_data")
+    return size
+
+
+def encode_max_early_data(size: int) -> bytes:
+    return size.to_bytes(4, "big")
+
+
+# status_request (RFC 6066 §8, RFC 8446 §4.4.2.1) -------------------------------
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    status_type: int
+    responder_ids: tuple[bytes, ...]
+    request_extensions: bytes
+
+
+def decode_status_request(body: bytes) -> StatusRequest:
+    """CertificateStatusRequest (CH, CR).  Non-OCSP types are kept but opaque."""
+    r = _reader(body)
+    status_type = r.uint8()
+    if status_type != STATUS_TYPE_OCSP:
+        return StatusRequest(status_type, (), r.rest())
+    ids_reader = r.sub(2)
+    ids = []
+    while not ids_reader.at_end():
+        ids.append(ids_reader.vector(2, 1))
+    request_extensions = r.vector(2)
+    r.expect_end("status_request")
+    return StatusRequest(status_type, tuple(ids), request_extensions)
+
+
+def encode_status_request_ocsp() -> bytes:
+    """An OCSP request with no responder ids and no request extensions."""
+    return bytes([STATUS_TYPE_OCSP, 0, 0, 0, 0])
+
+
+def decode_certificate_status(body: bytes) -> bytes:
+    """CertificateStatus in a CertificateEntry: the DER OCSPResponse."""
+    r = _reader(body)
+    status_type = r.uint8()
+    if status_type != STATUS_TYPE_OCSP:
+        raise decode_error(f"unknown certificate status type {status_type}")
+    response = r.vector(3, 1)
+    r.expect_end("status_request")
+    return response
+
+
+def encode_certificate_status(ocsp_response: bytes) -> bytes:
+    w = Writer()
+    w.uint8(STATUS_TYPE_OCSP)
+    w.vector(3, ocsp_response)
+    return w.getvalue()
+
+
+# certificate_authorities (§4.2.4) -------------------------------------------------
+
+
+def decode_certificate_authorities(body: bytes) -> list[bytes]:
+    """DER-encoded DistinguishedNames."""
+    r = _reader(body)
+    names_reader = r.sub(2, 3)
+    r.expect_end("certificate_authorities")
+    names = []
+    while not names_reader.at_end():
+        names.append(names_reader.vector(2, 1))
+    return names
+
+
+def encode_certificate_authorities(names: Sequence[bytes]) -> bytes:
+    w = Writer()
+    with w.prefixed(2):
+        for name in names:
+            w.vector(2, name)
+    return w.getvalue()
+
+
+# --------------------------------------------------------------------------
+# Syntax check of recognized bodies per context
+# --------------------------------------------------------------------------
+
+
+def _empty(what: str) -> Callable[[bytes], object]:
+    return lambda body: _expect_empty(body, what)
+
+
+def _server_name_any(body: bytes) -> object:
+    return decode_server_name(body)
+
+
+_BODY_CHECKS: dict[tuple[int, ExtContext], Callable[[bytes], object]] = {
+    (ExtensionType.server_name, _CH): _server_name_any,
+    (ExtensionType.server_name, _EE): _empty("server_name"),
+    (ExtensionType.supported_versions, _CH): decode_supported_versions_ch,
+    (ExtensionType.supported_versions, _SH): decode_selected_version,
+    (ExtensionType.supported_versions, _HRR): decode_selected_version,
+    (ExtensionType.supported_groups, _CH): decode_uint16_list,
+    (ExtensionType.supported_groups, _EE): decode_uint16_list,
+    (ExtensionType.signature_algorithms, _CH): decode_uint16_list,
+    (ExtensionType.signature_algorithms, _CR): decode_uint16_list,
+    (ExtensionType.signature_algorithms_cert, _CH): decode_uint16_list,
+    (ExtensionType.signature_algorithms_cert, _CR): decode_uint16_list,
+    (ExtensionType.key_share, _CH): decode_key_share_ch,
+    (ExtensionType.key_share, _SH): decode_key_share_sh,
+    (ExtensionType.key_share, _HRR): decode_selected_group,
+    (ExtensionType.application_layer_protocol_negotiation, _CH): decode_alpn,
+    (ExtensionType.application_layer_protocol_negotiation, _EE): decode_alpn_selected,
+    (ExtensionType.cookie, _CH): decode_cookie,
+    (ExtensionType.cookie, _HRR): decode_cookie,
+    (ExtensionType.record_size_limit, _CH): decode_record_size_limit,
+    (ExtensionType.record_size_limit, _EE): decode_record_size_limit,
+    (ExtensionType.psk_key_exchange_modes, _CH): decode_psk_modes,
+    (ExtensionType.pre_shared_key, _CH): decode_offered_psks,
+    (ExtensionType.pre_shared_key, _SH): decode_selected_identity,
+    (ExtensionType.early_data, _CH): _empty("early_data"),
+    (ExtensionType.early_data, _EE): _empty("early_data"),
+    (ExtensionType.early_data, _NST): decode_max_early_data,
+    (ExtensionType.post_handshake_auth, _CH): _empty("post_handshake_auth"),
+    (ExtensionType.status_request, _CH): decode_status_request,
+    (ExtensionType.status_request, _CR): decode_status_request,
+    (ExtensionType.status_request, _CT): decode_certificate_status,
+    (ExtensionType.certificate_authorities, _CH): decode_certificate_authorities,
+    (ExtensionType.certificate_authorities, _CR): decode_certificate_authorities,
+}
+
+
+def _check_body(ext_type: int, ctx: ExtContext, body: bytes) -> None:
+    check = _BODY_CHECKS.get((ext_type, ctx))
+    if check is not None:
+        check(body)
