@@ -1,0 +1,315 @@
+"""One client connection: handshake (bounded), route, backend connect, two pumps, close.
+
+The pumps give backpressure in both directions: each reads a chunk only after the previous
+one was fully written to the other side, so a slow reader throttles its writer through TCP
+flow control instead of growing our buffers. End-of-stream travels across: a client
+close_notify becomes a TCP FIN towards the backend and a backend FIN becomes close_notify, and
+the connection ends when both directions are done. An abrupt end on either side (a TCP reset,
+or a client EOF without close_notify) aborts both sides so a truncation is never passed on
+as a clean end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from proxy.backends import BackendError, BackendLease, BackendPool, NoHealthyBackend, leased
+from proxy.routing import Route, RouteTable
+from proxy.tlsstream import TLSStreamError, TLSTruncated
+
+log = logging.getLogger(__name__)
+
+CHUNK = 65536
+STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What the client side negotiated; every field is printable for logs and the demo."""
+
+    server_name: str | None = None
+    alpn: str | None = None
+    version: str = ""
+    cipher: str = ""
+    group: str = ""
+    signature_scheme: str = ""
+    resumed: bool = False
+    early_data: bool = False
+    hello_retry: bool = False
+    client_subject: str = ""
+
+
+@dataclass
+class Established:
+    """A ready client stream: the handshake is done and held early data is attached."""
+
+    stream: trio.abc.HalfCloseableStream
+    info: SessionInfo
+    early_data: bytes = b""
+
+
+class Terminator(Protocol):
+    """Turns an accepted transport into an application stream (TLS in production)."""
+
+    async def establish(self, transport: trio.SocketStream) -> Established: ...
+
+
+@dataclass
+class ConnectionRecord:
+    """Everything the access log and metrics need about one connection, filled as it goes."""
+
+    listener: str
+    client_address: str
+    client_port: int
+    local_address: str
+    local_port: int
+    started: float = field(default_factory=time.time)
+    started_monotonic: float = field(default_factory=time.monotonic)
+    duration: float = 0.0
+    handshake_seconds: float = 0.0
+    session: SessionInfo | None = None
+    route: str = ""
+    pool: str = ""
+    backend: str = ""
+    backend_attempts: int = 0
+    bytes_from_client: int = 0
+    bytes_to_client: int = 0
+    outcome: str = "open"
+    detail: str = ""
+
+    def finish(self, outcome: str, detail: str = "") -> None:
+        """Keep the first meaningful outcome: later cleanup must not overwrite the cause."""
+        if self.outcome == "open":
+            self.outcome, self.detail = outcome, detail
+
+
+class ConnectionObserver(Protocol):
+    """Where connection facts go (metrics and access log are wired in by the daemon)."""
+
+    def handshake_done(self, record: ConnectionRecord) -> None: ...
+
+    def connection_finished(self, record: ConnectionRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    handshake: float = 10.0
+    idle: float = 300.0
+
+
+ProxyHeaderBuilder = Callable[[BackendPool, ConnectionRecord, Established], bytes]
+
+
+@dataclass(frozen=True)
+class ListenerRuntime:
+    """A listener's behaviour for new connections; reload swaps in a whole new instance."""
+
+    name: str
+    terminator: Terminator
+    routes: RouteTable
+    pools: Mapping[str, BackendPool]
+    timeouts: Timeouts
+    observer: ConnectionObserver
+    proxy_header: ProxyHeaderBuilder | None = None
+
+
+def describe_session(info: SessionInfo) -> dict[str, str]:
+    """The negotiated parameters as display strings (the demo backend's page)."""
+    return {
+        "TLS version": info.version or "-",
+        "Cipher suite": info.cipher or "-",
+        "Key exchange group": info.group or "-",
+        "Signature scheme": info.signature_scheme or "-",
+        "SNI": info.server_name or "-",
+        "ALPN": info.alpn or "-",
+        "Resumed": "yes" if info.resumed else "no",
+        "0-RTT": "yes" if info.early_data else "no",
+        "HelloRetryRequest": "yes" if info.hello_retry else "no",
+        "Client certificate": info.client_subject or "-",
+    }
+
+
+def _peer(stream: trio.SocketStream, local: bool) -> tuple[str, int]:
+    try:
+        address = stream.socket.getsockname() if local else stream.socket.getpeername()
+    except OSError:
+        return "", 0
+    if isinstance(address, tuple):
+        return str(address[0]), int(address[1])
+    return str(address), 0
+
+
+def new_record(listener: str, transport: trio.SocketStream) -> ConnectionRecord:
+    client_host, client_port = _peer(transport, local=False)
+    local_host, local_port = _peer(transport, local=True)
+    return ConnectionRecord(listener, client_host, client_port, local_host, local_port)
+
+
+async def handle_connection(transport: trio.SocketStream, runtime: ListenerRuntime) -> None:
+    """The whole life of one accepted connection; never raises for per-connection failures."""
+    record = new_record(runtime.name, transport)
+    try:
+        await _serve(transport, runtime, record)
+    except trio.Cancelled:
+        record.finish("shutdown", "closed at the end of the drain period")
+        raise
+    except Exception as exc:
+        record.finish("error", repr(exc))
+        log.exception("connection from %s failed unexpectedly", record.client_address)
+    finally:
+        record.duration = time.monotonic() - record.started_monotonic
+        with trio.CancelScope(shield=True):
+            await transport.aclose()
+        runtime.observer.connection_finished(record)
+
+
+async def _serve(
+    transport: trio.SocketStream, runtime: ListenerRuntime, record: ConnectionRecord
+) -> None:
+    established = await _establish(transport, runtime, record)
+    if established is None:
+        return
+    async with established.stream as client:
+        route = runtime.routes.match(established.info.server_name, established.info.alpn)
+        if route is None:
+            record.finish("no_route", f"sni={established.info.server_name!r}")
+            log.warning(
+                "no route for SNI %r ALPN %r", established.info.server_name, established.info.alpn
+            )
+            return
+        lease = await _connect_backend(route, runtime, record, established)
+        if lease is None:
+            return
+        with leased(lease):
+            async with lease.stream as backend:
+                await _relay(client, backend, established, runtime, record, lease)
+
+
+async def _establish(
+    transport: trio.SocketStream, runtime: ListenerRuntime, record: ConnectionRecord
+) -> Established | None:
+    """Handshake within the handshake timeout (slowloris defence); None if it failed."""
+    started = time.monotonic()
+    try:
+        with trio.fail_after(runtime.timeouts.handshake):
+            established = await runtime.terminator.establish(transport)
+    except trio.TooSlowError:
+        record.finish("handshake_timeout")
+        return None
+    except TLSStreamError as exc:
+        alert = getattr(exc.tls_error, "alert", None)
+        record.finish("tls_error", getattr(alert, "name", "") or str(exc))
+        return None
+    except STREAM_ERRORS as exc:
+        record.finish("client_gone", str(exc))
+        return None
+    record.handshake_seconds = time.monotonic() - started
+    record.session = established.info
+    runtime.observer.handshake_done(record)
+    return established
+
+
+async def _connect_backend(
+    route: Route, runtime: ListenerRuntime, record: ConnectionRecord, established: Established
+) -> BackendLease | None:
+    record.route, record.pool = route.name, route.pool
+    pool = runtime.pools[route.pool]
+    try:
+        lease = await pool.connect(describe_session(established.info))
+    except NoHealthyBackend as exc:
+        record.finish("no_backend", str(exc))
+        log.error("refusing connection from %s: %s", record.client_address, exc)
+        return None
+    except BackendError as exc:
+        record.finish("backend_unavailable", str(exc))
+        log.error("refusing connection from %s: %s", record.client_address, exc)
+        return None
+    record.backend, record.backend_attempts = str(lease.server.address), lease.attempts
+    return lease
+
+
+async def _relay(
+    client: trio.abc.HalfCloseableStream,
+    backend: trio.abc.Stream,
+    established: Established,
+    runtime: ListenerRuntime,
+    record: ConnectionRecord,
+    lease: BackendLease,
+) -> None:
+    """Send the PROXY header and held early data, then pump both ways until both end."""
+    preamble = b""
+    if runtime.proxy_header is not None:
+        preamble += runtime.proxy_header(runtime.pools[record.pool], record, established)
+    preamble += established.early_data
+    record.bytes_from_client += len(established.early_data)
+    try:
+        if preamble:
+            await backend.send_all(preamble)
+    except STREAM_ERRORS as exc:
+        record.finish("backend_error", str(exc))
+        runtime.pools[record.pool].record_failure(lease.server, f"write failed: {exc}")
+        return
+    await splice(client, backend, runtime.timeouts.idle, record)
+
+
+@dataclass
+class _SpliceState:
+    scope: trio.CancelScope
+    idle: float
+    record: ConnectionRecord
+
+    def touch(self) -> None:
+        self.scope.deadline = trio.current_time() + self.idle
+
+
+async def splice(
+    client: trio.abc.Stream, backend: trio.abc.Stream, idle: float, record: ConnectionRecord
+) -> None:
+    """Two pumps with an idle deadline that any byte in either direction pushes back."""
+    with trio.CancelScope() as scope:
+        state = _SpliceState(scope, idle, record)
+        state.touch()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_pump, client, backend, state, True)
+            nursery.start_soon(_pump, backend, client, state, False)
+    if scope.cancelled_caught and record.outcome == "open":
+        record.finish("idle_timeout")
+    record.finish("ok")
+
+
+async def _pump(
+    source: trio.abc.Stream, sink: trio.abc.Stream, state: _SpliceState, upstream: bool
+) -> None:
+    """Copy one direction; ``upstream`` means client → backend."""
+    receiving = True
+    try:
+        while True:
+            receiving = True
+            data = await source.receive_some(CHUNK)
+            receiving = False
+            if not data:
+                break
+            state.touch()
+            if upstream:
+                state.record.bytes_from_client += len(data)
+            else:
+                state.record.bytes_to_client += len(data)
+            await sink.send_all(data)
+        if isinstance(sink, trio.abc.HalfCloseableStream):
+            await sink.send_eof()
+        else:
+            await sink.aclose()
+    except TLSTruncated as exc:
+        state.record.finish("client_truncated", str(exc))
+        state.scope.cancel()
+    except STREAM_ERRORS as exc:
+        # Receiving on the client side or sending towards it both point at the client.
+        side = "client" if receiving == upstream else "backend"
+        state.record.finish(f"{side}_error", str(exc))
+        state.scope.cancel()

@@ -1,0 +1,215 @@
+"""Unit tests of the proxy building blocks that need no TLS: routing, self-signed default,
+demo backend parsing, backend address parsing and selection, health-check state changes."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+
+from proxy import selfsigned
+from proxy.backends import BackendAddress, BackendPool, NoHealthyBackend, PoolOptions
+from proxy.demo import HTTPError, parse_head, render_page
+from proxy.health import HealthChecker, HealthCheckOptions, _status_ok
+from proxy.routing import Route, RouteTable
+
+# -- routing ------------------------------------------------------------------------------
+
+
+def make_table(default: bool = True) -> RouteTable:
+    return RouteTable(
+        [
+            Route("api-h2", "h2pool", ("api.example.com",), ("h2",)),
+            Route("api", "api", ("api.example.com", "API2.example.com.")),
+            Route("wild", "wild", ("*.example.com",)),
+            Route("echo", "echo", ("echo.test",), ("echo/1",)),
+        ],
+        Route("default", "fallback") if default else None,
+    )
+
+
+def test_exact_name_beats_wildcard_and_is_case_insensitive() -> None:
+    table = make_table()
+    assert table.match("API.example.com", None).pool == "api"  # type: ignore[union-attr]
+    assert table.match("api2.example.com", None).pool == "api"  # type: ignore[union-attr]
+    assert table.match("www.example.com", None).pool == "wild"  # type: ignore[union-attr]
+
+
+def test_wildcard_matches_one_label_only() -> None:
+    table = make_table()
+    assert table.match("a.b.example.com", None).pool == "fallback"  # type: ignore[union-attr]
+    assert table.match("example.com", None).pool == "fallback"  # type: ignore[union-attr]
+
+
+def test_alpn_selects_route_within_name() -> None:
+    table = make_table()
+    assert table.match("api.example.com", "h2").pool == "h2pool"  # type: ignore[union-attr]
+    assert table.match("api.example.com", "http/1.1").pool == "api"  # type: ignore[union-attr]
+    # ALPN-only route for a name with no ALPN-free route falls through to the default.
+    assert table.match("echo.test", "echo/1").pool == "echo"  # type: ignore[union-attr]
+    assert table.match("echo.test", None).pool == "fallback"  # type: ignore[union-attr]
+
+
+def test_unknown_name_without_default() -> None:
+    table = make_table(default=False)
+    assert table.match("other.org", None) is None
+    assert not table.knows_name("other.org")
+    assert not table.knows_name(None)
+    assert table.knows_name("x.example.com")
+    assert table.alpn_protocols() == ("h2", "echo/1")
+
+
+# -- self-signed default certificate ------------------------------------------------------
+
+
+def test_selfsigned_generated_once_and_reused(tmp_path: Path) -> None:
+    first = selfsigned.ensure_self_signed(tmp_path / "state")
+    cert_bytes = first.cert.read_bytes()
+    assert os.stat(first.key).st_mode & 0o777 == 0o600
+    second = selfsigned.ensure_self_signed(tmp_path / "state")
+    assert second.cert.read_bytes() == cert_bytes
+    cert = x509.load_pem_x509_certificate(cert_bytes)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+
+
+def test_selfsigned_regenerated_near_expiry_or_when_corrupt(tmp_path: Path) -> None:
+    paths = selfsigned.ensure_self_signed(tmp_path)
+    original = paths.cert.read_bytes()
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=340)
+    selfsigned.ensure_self_signed(tmp_path, now=later)
+    renewed = paths.cert.read_bytes()
+    assert renewed != original
+    paths.key.write_bytes(b"garbage")
+    selfsigned.ensure_self_signed(tmp_path)
+    assert paths.cert.read_bytes() != renewed
+
+
+def test_selfsigned_regenerated_for_new_names(tmp_path: Path) -> None:
+    paths = selfsigned.ensure_self_signed(tmp_path)
+    original = paths.cert.read_bytes()
+    selfsigned.ensure_self_signed(tmp_path, names=("localhost", "demo.internal"))
+    assert paths.cert.read_bytes() != original
+
+
+# -- demo backend -------------------------------------------------------------------------
+
+
+def test_demo_parses_and_renders() -> None:
+    request = parse_head(b"GET /x HTTP/1.1\r\nHost: a\r\nAccept: text/plain\r\n\r\n")
+    assert request.keep_alive
+    body, kind = render_page({"TLS version": "TLSv1.3", "SNI": "<a>"}, request)
+    assert kind.startswith("text/plain") and b"TLS version: TLSv1.3" in body
+    html_request = parse_head(b"GET / HTTP/1.0\r\n\r\n")
+    assert not html_request.keep_alive
+    body, kind = render_page({"SNI": "<a>"}, html_request)
+    assert kind.startswith("text/html") and b"&lt;a&gt;" in body
+
+
+@pytest.mark.parametrize(
+    "head,status",
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\n\r\n", 505),
+        (b"GET / HTTP/1.1\r\nbad\r\n\r\n", 400),
+    ],
+)
+def test_demo_rejects_malformed(head: bytes, status: int) -> None:
+    with pytest.raises(HTTPError) as info:
+        parse_head(head)
+    assert info.value.status == status
+
+
+# -- backends -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("127.0.0.1:80", BackendAddress("tcp", "127.0.0.1", 80)),
+        ("[::1]:8080", BackendAddress("tcp", "::1", 8080)),
+        ("unix:/run/app.sock", BackendAddress("unix", path="/run/app.sock")),
+        ("demo", BackendAddress("demo")),
+    ],
+)
+def test_backend_address_parse_roundtrip(text: str, expected: BackendAddress) -> None:
+    assert BackendAddress.parse(text) == expected
+    assert str(expected) == text
+
+
+@pytest.mark.parametrize("text", ["nohost", "h:0", "h:99999", "unix:", "h:x"])
+def test_backend_address_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        BackendAddress.parse(text)
+
+
+def pool_of(n: int, balance: str = "round_robin", clock: list[float] | None = None) -> BackendPool:
+    now = clock or [0.0]
+    addresses = [BackendAddress("tcp", "127.0.0.1", 1000 + i) for i in range(n)]
+    return BackendPool(
+        "p",
+        addresses,
+        PoolOptions(balance=balance, max_fails=2, eject_seconds=10),  # type: ignore[arg-type]
+        clock=lambda: now[0],
+    )
+
+
+def test_round_robin_rotates() -> None:
+    pool = pool_of(3)
+    firsts = [pool.pick_order()[0].address.port for _ in range(6)]
+    assert firsts == [1000, 1001, 1002, 1000, 1001, 1002]
+
+
+def test_least_connections_prefers_idle() -> None:
+    pool = pool_of(3, "least_connections")
+    pool.servers[0].active = 5
+    pool.servers[1].active = 1
+    assert [pool.pick_order()[0].address.port for _ in range(3)] == [1002] * 3
+
+
+def test_passive_ejection_and_return() -> None:
+    clock = [100.0]
+    pool = pool_of(2, clock=clock)
+    bad = pool.servers[0]
+    pool.record_failure(bad, "refused")
+    assert bad in pool.usable_servers()
+    pool.record_failure(bad, "refused")
+    assert pool.usable_servers() == [pool.servers[1]]
+    clock[0] += 11
+    assert bad in pool.usable_servers()
+
+
+def test_health_rise_fall() -> None:
+    pool = pool_of(1)
+    changes: list[bool] = []
+    checker = HealthChecker(
+        pool, HealthCheckOptions(rise=2, fall=2), lambda p, s, up: changes.append(up)
+    )
+    server = pool.servers[0]
+    for ok in (False, True, False, False, True, True):
+        checker.observe(server, ok)
+    assert changes == [False, True]
+    assert server.healthy
+
+
+def test_http_status_check() -> None:
+    assert _status_ok(b"HTTP/1.1 204 No Content", (200, 399))
+    assert not _status_ok(b"HTTP/1.1 503 Unavailable", (200, 399))
+    assert not _status_ok(b"SSH-2.0-OpenSSH", (200, 399))
+
+
+def test_no_healthy_backend_fails_fast() -> None:
+    pool = pool_of(2)
+    for server in pool.servers:
+        server.healthy = False
+
+    async def attempt() -> None:
+        with trio.fail_after(1):
+            with pytest.raises(NoHealthyBackend):
+                await pool.connect()
+
+    trio.run(attempt)
