@@ -1,0 +1,388 @@
+"""The TLS 1.3 record layer (RFC 8446 §5): framing, protection, limits.
+
+``RecordLayer`` is fed raw bytes with :meth:`RecordLayer.receive` and yields
+one ``(content_type, payload)`` per :meth:`RecordLayer.next_record` call, with
+protection removed (the inner content type of a TLSInnerPlaintext is returned,
+its zero padding stripped).  Records are decrypted lazily, one per call, so the
+caller can switch keys between two records that arrived in the same read.
+
+Outgoing data goes through :meth:`RecordLayer.write`, which fragments it into
+records no larger than the peer allows (RFC 8449), pads them to a multiple of
+``padding_to`` (§5.4), protects them and appends them to an output buffer that
+:meth:`RecordLayer.take_output` drains.
+
+The change_cipher_spec record (type 20) is returned to the caller unprotected:
+whether it is legal at that point is the state machine's decision (§5, D.4).
+Every failure is a :class:`~tls13.alerts.TLSError` with the alert §5 names.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+
+from .alerts import AlertDescription, TLSError, unexpected_message
+from .keyschedule import traffic_key_iv
+from .suites import AEAD, CipherSuite
+
+CHANGE_CIPHER_SPEC = 20
+ALERT = 21
+HANDSHAKE = 22
+APPLICATION_DATA = 23
+
+_OUTER_TYPES = frozenset((CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA))
+_INNER_TYPES = frozenset((ALERT, HANDSHAKE, APPLICATION_DATA))
+
+HEADER_LEN = 5
+MAX_PLAINTEXT = 1 << 14  # §5.1: TLSPlaintext.length <= 2^14
+MAX_INNER_PLAINTEXT = MAX_PLAINTEXT + 1  # content + content type (RFC 8449 §4 counts both)
+MAX_CIPHERTEXT = MAX_PLAINTEXT + 256  # §5.2: TLSCiphertext.length <= 2^14 + 256
+_MAX_RECORD = HEADER_LEN + MAX_CIPHERTEXT
+
+_TLS12 = 0x0303
+_TLS10 = 0x0301  # §5.1: allowed in the record carrying an initial ClientHello
+_SEQ_LIMIT = 1 << 64  # §5.3: sequence numbers must never wrap
+_UPDATE_MARGIN = 1 << 12  # ask for a KeyUpdate this many records before an AEAD limit
+_HEADER_APPDATA = bytes((APPLICATION_DATA, 3, 3))  # §5.2: opaque_type 23, version 0x0303
+_ZEROS = memoryview(bytes(MAX_CIPHERTEXT))  # room-making for encrypt_into, no per-record alloc
+
+
+class RecordLimits(Protocol):
+    """The part of ``tls13.config.Limits`` the record layer uses."""
+
+    @property
+    def max_record_buffer(self) -> int: ...
+
+
+class _Direction:
+    """Keys and sequence number of one direction; the AEAD object is built once per key."""
+
+    __slots__ = ("suite", "aead", "iv", "seq", "limit", "tag_len")
+
+    def __init__(self, suite: CipherSuite, secret: bytes) -> None:
+        key, iv = traffic_key_iv(suite, secret)
+        self.suite = suite
+        self.aead: AEAD = suite.aead_factory(key)
+        self.iv = int.from_bytes(iv, "big")
+        self.seq = 0
+        self.limit = min(suite.max_records, _SEQ_LIMIT)
+        self.tag_len = suite.tag_len
+
+    def next_nonce(self) -> bytes:
+        """§5.3: the per-record nonce is the IV XOR the left-padded 64-bit sequence number."""
+        seq = self.seq
+        if seq >= _SEQ_LIMIT - 1:
+            raise TLSError(AlertDescription.internal_error, "record sequence number exhausted")
+        self.seq = seq + 1
+        return (self.iv ^ seq).to_bytes(12, "big")
+
+
+class RecordLayer:
+    """One connection's record layer in both directions.
+
+    Attributes the state machine sets:
+
+    * ``peer_record_limit`` — the peer's record_size_limit (RFC 8449): the largest
+      TLSInnerPlaintext (content + type + padding) we may send; 2^14 + 1 by default.
+    * ``read_record_limit`` — our own advertised limit, enforced on protected input.
+    * ``padding_to`` — pad every protected record to a multiple of this (0 = off).
+    * ``plaintext_version`` — legacy_record_version for unprotected records we
+      write (0x0303; a client may use 0x0301 for its first ClientHello, §5.1).
+    """
+
+    __slots__ = (
+        "_in",
+        "_in_pos",
+        "_out",
+        "_read",
+        "_write",
+        "_buffer_limit",
+        "_skip_budget",
+        "peer_record_limit",
+        "read_record_limit",
+        "padding_to",
+        "plaintext_version",
+    )
+
+    def __init__(self, limits: RecordLimits | None = None) -> None:
+        self._in = bytearray()
+        self._in_pos = 0
+        self._out = bytearray()
+        self._read: _Direction | None = None
+        self._write: _Direction | None = None
+        configured = limits.max_record_buffer if limits is not None else 1 << 20
+        self._buffer_limit = max(configured, 2 * _MAX_RECORD)
+        self._skip_budget: int | None = None
+        self.peer_record_limit = MAX_INNER_PLAINTEXT
+        self.read_record_limit = MAX_INNER_PLAINTEXT
+        self.padding_to = 0
+        self.plaintext_version = _TLS12
+
+    # ------------------------------------------------------------------ keys
+
+    def set_read_key(self, suite: CipherSuite, secret: bytes) -> None:
+        """Protect incoming records with ``secret`` from the next record on (seq = 0)."""
+        self._read = _Direction(suite, secret)
+
+    def set_write_key(self, suite: CipherSuite, secret: bytes) -> None:
+        """Protect outgoing records with ``secret`` from the next record on (seq = 0)."""
+        self._write = _Direction(suite, secret)
+
+    @property
+    def read_protected(self) -> bool:
+        return self._read is not None
+
+    @property
+    def write_protected(self) -> bool:
+        return self._write is not None
+
+    @property
+    def write_needs_update(self) -> bool:
+        """True when the write key is near its AEAD usage limit (§5.5): send a KeyUpdate."""
+        w = self._write
+        return w is not None and w.seq >= w.limit - _UPDATE_MARGIN
+
+    @property
+    def read_sequence(self) -> int:
+        return self._read.seq if self._read is not None else 0
+
+    @property
+    def write_sequence(self) -> int:
+        return self._write.seq if self._write is not None else 0
+
+    def skip_early_data(self, max_bytes: int) -> None:
+        """The server declined 0-RTT (§4.2.10): drop application_data records that do not
+        deprotect, up to ``max_bytes`` of their content, until one record deprotects."""
+        self._skip_budget = max_bytes
+
+    @property
+    def skipping_early_data(self) -> bool:
+        return self._skip_budget is not None
+
+    # ------------------------------------------------------------------ input
+
+    def receive(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer bytes from the transport (bounded: a peer cannot make us hoard)."""
+        if self._in_pos:
+            del self._in[: self._in_pos]
+            self._in_pos = 0
+        if len(self._in) + len(data) > self._buffer_limit:
+            raise TLSError(AlertDescription.internal_error, "record input buffer limit exceeded")
+        self._in += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as records."""
+        return len(self._in) - self._in_pos
+
+    def next_record(self) -> tuple[int, bytes] | None:
+        """The next complete record as ``(content_type, payload)``, or None if incomplete."""
+        while True:
+            record = self._next_raw()
+            if record is None:
+                return None
+            content_type, version, start, end = record
+            result = self._open(content_type, version, start, end)
+            if result is not None:
+                return result
+
+    def _next_raw(self) -> tuple[int, int, int, int] | None:
+        """Frame one record: ``(type, version, payload_start, payload_end)`` and consume it."""
+        buf = self._in
+        pos = self._in_pos
+        if len(buf) - pos < HEADER_LEN:
+            return None
+        content_type = buf[pos]
+        version = (buf[pos + 1] << 8) | buf[pos + 2]
+        length = (buf[pos + 3] << 8) | buf[pos + 4]
+        if content_type not in _OUTER_TYPES:
+            raise unexpected_message(f"unknown record type {content_type}")
+        if length > MAX_CIPHERTEXT:
+            raise TLSError(AlertDescription.record_overflow, "record longer than 2^14 + 256")
+        end = pos + HEADER_LEN + length
+        if end > len(buf):
+            return None
+        self._in_pos = end
+        return content_type, version, pos + HEADER_LEN, end
+
+    def _open(
+        self, content_type: int, version: int, start: int, end: int
+    ) -> tuple[int, bytes] | None:
+        """Check and deprotect one framed record; None means it was skipped (declined 0-RTT)."""
+        if content_type == APPLICATION_DATA and (
+            self._read is not None or self._skip_budget is not None
+        ):
+            if version != _TLS12:
+                raise TLSError(AlertDescription.protocol_version, "bad legacy_record_version")
+            return self._decrypt(start, end)
+        # An unprotected record: §5.1 TLSPlaintext.
+        if version not in (_TLS12, _TLS10):
+            raise TLSError(AlertDescription.protocol_version, "bad legacy_record_version")
+        length = end - start
+        if length > MAX_PLAINTEXT:
+            raise TLSError(AlertDescription.record_overflow, "plaintext record longer than 2^14")
+        if length == 0:
+            # §5.1: handshake and alert fragments (and CCS) must not be empty.
+            raise unexpected_message("empty unprotected record")
+        if content_type != CHANGE_CIPHER_SPEC:
+            if self._read is not None:
+                raise unexpected_message("unprotected record after keys were installed")
+            if content_type == APPLICATION_DATA:
+                raise unexpected_message("application data before the handshake")
+            if content_type == HANDSHAKE:
+                # A plaintext handshake record (ClientHello2 after HRR) ends any skipping.
+                self._skip_budget = None
+        return content_type, bytes(self._in[start:end])
+
+    def _decrypt(self, start: int, end: int) -> tuple[int, bytes] | None:
+        """Deprotect a TLSCiphertext (§5.2); None when a declined 0-RTT record is dropped."""
+        read = self._read
+        if read is None:  # skipping early data before any key (after a HelloRetryRequest)
+            if self._try_skip(end - start):
+                return None
+            raise unexpected_message("application data before the handshake")
+        if end - start <= read.tag_len:
+            if self._try_skip(end - start):
+                return None
+            raise TLSError(AlertDescription.bad_record_mac, "protected record too short")
+        aad = bytes(self._in[start - HEADER_LEN : start])  # §5.2: the header is the AAD
+        nonce = (read.iv ^ read.seq).to_bytes(12, "big")
+        try:
+            with memoryview(self._in) as view:
+                inner = read.aead.decrypt(nonce, view[start:end], aad)
+        except InvalidTag:
+            if self._try_skip(end - start - read.tag_len):
+                return None
+            raise TLSError(AlertDescription.bad_record_mac, "record failed to deprotect") from None
+        self._skip_budget = None  # §4.2.10: the first record that deprotects ends skipping
+        if read.seq >= _SEQ_LIMIT - 1:
+            raise TLSError(AlertDescription.internal_error, "record sequence number exhausted")
+        read.seq += 1
+        if len(inner) > self.read_record_limit:
+            raise TLSError(AlertDescription.record_overflow, "protected record plaintext too long")
+        return _inner_content(inner)
+
+    def _try_skip(self, size: int) -> bool:
+        """Drop an undecryptable early-data record if the skip budget still covers it."""
+        budget = self._skip_budget
+        if budget is None:
+            return False
+        if size > budget:
+            self._skip_budget = None
+            return False
+        self._skip_budget = budget - size
+        return True
+
+    # ------------------------------------------------------------------ output
+
+    def write(self, content_type: int, payload: bytes | bytearray | memoryview) -> None:
+        """Fragment, pad, protect and queue ``payload`` as records of ``content_type``."""
+        length = len(payload)
+        if length == 0:
+            if content_type != APPLICATION_DATA:
+                raise TLSError(AlertDescription.internal_error, "empty non-application record")
+            self._write_one(content_type, payload)
+            return
+        write = self._write
+        if write is None:
+            self._write_plaintext(content_type, payload)
+            return
+        if content_type == APPLICATION_DATA and not self.padding_to:
+            self._write_application_data(write, payload)
+            return
+        step = self._max_fragment()
+        with memoryview(payload) as view:
+            for offset in range(0, length, step):
+                self._write_one(content_type, view[offset : offset + step])
+
+    def _max_fragment(self) -> int:
+        """Largest content per protected record: the peer's limit minus the type byte."""
+        return min(MAX_PLAINTEXT, self.peer_record_limit - 1)
+
+    def _write_plaintext(self, content_type: int, payload: bytes | bytearray | memoryview) -> None:
+        if content_type == APPLICATION_DATA:
+            raise TLSError(AlertDescription.internal_error, "application data without keys")
+        header = bytes((content_type,)) + self.plaintext_version.to_bytes(2, "big")
+        out = self._out
+        with memoryview(payload) as view:
+            for offset in range(0, len(view), MAX_PLAINTEXT):
+                chunk = view[offset : offset + MAX_PLAINTEXT]
+                out += header
+                out += len(chunk).to_bytes(2, "big")
+                out += chunk
+
+    def _write_one(self, content_type: int, content: bytes | bytearray | memoryview) -> None:
+        """One protected record: TLSInnerPlaintext = content || type || zeros (§5.2, §5.4)."""
+        write = self._write
+        if write is None:
+            raise TLSError(AlertDescription.internal_error, "application data without keys")
+        inner_len = len(content) + 1
+        padded_len = self._padded_length(inner_len)
+        inner = bytearray(padded_len)
+        inner[: inner_len - 1] = content
+        inner[inner_len - 1] = content_type
+        self._seal(write, inner)
+
+    def _padded_length(self, inner_len: int) -> int:
+        block = self.padding_to
+        if block <= 1:
+            return inner_len
+        padded = -(-inner_len // block) * block
+        return min(padded, self.peer_record_limit, MAX_INNER_PLAINTEXT)
+
+    def _seal(self, write: _Direction, inner: bytes | bytearray) -> None:
+        """Encrypt ``inner`` straight into the output buffer behind its header (§5.2)."""
+        ct_len = len(inner) + write.tag_len
+        header = _HEADER_APPDATA + ct_len.to_bytes(2, "big")
+        nonce = write.next_nonce()
+        out = self._out
+        pos = len(out) + HEADER_LEN
+        out += header
+        out += _ZEROS[:ct_len]
+        with memoryview(out) as view:
+            write.aead.encrypt_into(nonce, inner, header, view[pos : pos + ct_len])
+
+    def _write_application_data(
+        self, write: _Direction, payload: bytes | bytearray | memoryview
+    ) -> None:
+        """Fast path: unpadded application data in full-size records."""
+        step = self._max_fragment()
+        with memoryview(payload) as view:
+            for offset in range(0, len(view), step):
+                chunk = view[offset : offset + step]
+                size = len(chunk)
+                inner = bytearray(size + 1)
+                inner[:size] = chunk
+                inner[size] = APPLICATION_DATA
+                self._seal(write, inner)
+
+    def take_output(self) -> bytes:
+        """Drain everything queued for the wire."""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    @property
+    def pending_output(self) -> int:
+        return len(self._out)
+
+
+def _inner_content(inner: bytes) -> tuple[int, bytes]:
+    """Split TLSInnerPlaintext: strip the zero padding, take the last byte as the type."""
+    if inner and inner[-1]:
+        content_type = inner[-1]
+        content = inner[:-1]
+    else:
+        stripped = inner.rstrip(b"\x00")
+        if not stripped:
+            # §5.4: no non-zero octet means the record has no content type.
+            raise unexpected_message("protected record is all zero padding")
+        content_type = stripped[-1]
+        content = stripped[:-1]
+    if content_type not in _INNER_TYPES:
+        # §5: a protected change_cipher_spec (or unknown type) is unexpected_message.
+        raise unexpected_message(f"protected record of type {content_type}")
+    if not content and content_type != APPLICATION_DATA:
+        raise unexpected_message("empty protected handshake or alert record")
+    return content_type, content
