@@ -76,6 +76,8 @@ class Connection(ABC):
         self._record.padding_to = record_padding
         self._reassembler = HandshakeReassembler(limits.max_handshake_message)
         self._events: list[events.Event] = []
+        # Handshake messages of one flight, written as few records as possible.
+        self._handshake_out = bytearray()
         self._suite: CipherSuite | None = None
         self._transcript: Transcript | None = None
         self._client_random = b""
@@ -137,6 +139,7 @@ class Connection(ABC):
 
     def data_to_send(self) -> bytes:
         """Everything queued for the wire since the last call."""
+        self._flush_handshake()
         return self._record.take_output()
 
     def send_data(self, data: bytes) -> None:
@@ -151,6 +154,7 @@ class Connection(ABC):
         if self._close_sent or self._error is not None:
             return
         self._close_sent = True
+        self._flush_handshake()
         self._record.write(ALERT, bytes((AlertLevel.WARNING, AlertDescription.close_notify)))
 
     def update_keys(self, request_peer: bool = True) -> None:
@@ -191,13 +195,23 @@ class Connection(ABC):
         self._events.append(event)
 
     def _send_handshake(self, message: bytes, *, in_transcript: bool = True) -> None:
-        """Queue a full handshake message (header included) and add it to the transcript."""
+        """Queue a full handshake message (header included) and add it to the transcript.
+
+        Messages are coalesced until the flight ends (a key change, another
+        record type, or :meth:`data_to_send`), so a flight takes few records.
+        """
         if in_transcript and self._transcript is not None:
             self._transcript.update(message)
-        self._record.write(HANDSHAKE, message)
+        self._handshake_out += message
+
+    def _flush_handshake(self) -> None:
+        if self._handshake_out:
+            self._record.write(HANDSHAKE, self._handshake_out)
+            self._handshake_out = bytearray()
 
     def _send_ccs(self) -> None:
         """A middlebox-compatibility change_cipher_spec (RFC 8446 Appendix D.4)."""
+        self._flush_handshake()
         self._record.write(CHANGE_CIPHER_SPEC, b"\x01")
 
     def _set_read_secret(self, secret: bytes) -> None:
@@ -208,6 +222,7 @@ class Connection(ABC):
 
     def _set_write_secret(self, secret: bytes) -> None:
         assert self._suite is not None
+        self._flush_handshake()
         self._record.set_write_key(self._suite, secret)
 
     def _install_application_secrets(self, read_secret: bytes, write_secret: bytes) -> None:
@@ -363,6 +378,7 @@ class Connection(ABC):
 
     def _send_key_update(self, request_peer: bool) -> None:
         assert self._suite is not None and self._write_secret is not None
+        self._flush_handshake()
         self._record.write(HANDSHAKE, KeyUpdate(request_update=request_peer).serialize())
         self._write_secret = next_traffic_secret(self._suite.hash, self._write_secret)
         self._record.set_write_key(self._suite, self._write_secret)
@@ -376,6 +392,7 @@ class Connection(ABC):
             raise ConnectionStateError("connection closed for sending")
 
     def _write_application_data(self, data: bytes) -> None:
+        self._flush_handshake()
         view = memoryview(data)
         for start in range(0, len(view), _SEND_SLICE):
             if self._handshake_done and self._record.write_needs_update:
@@ -391,6 +408,8 @@ class Connection(ABC):
         if error.sent_by_peer or self._close_sent:
             return
         self._close_sent = True
+        # A half-sent flight is useless to the peer once we abort; only the alert goes out.
+        self._handshake_out = bytearray()
         try:
             self._record.write(ALERT, bytes((AlertLevel.FATAL, error.alert)))
         except TLSError:
