@@ -1,0 +1,106 @@
+"""Multi-process aggregation: a forked and a spawned worker seen as one view by the parent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from metrics_helpers import (
+    LISTENER,
+    POOL,
+    PROMTOOL,
+    SERVERS,
+    command,
+    parse_exposition,
+    promtool_check_metrics,
+    read_line,
+    scrape,
+    start_helper,
+    stop,
+)
+
+CONNECTIONS_PER_WORKER = 7
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _start_parent(directory: Path) -> tuple[object, int, dict[str, dict[str, object]]]:
+    proc = start_helper("parent", str(directory), str(CONNECTIONS_PER_WORKER))
+    port = 0
+    reports: dict[str, dict[str, object]] = {}
+    while not port or len(reports) < 2:
+        line = read_line(proc)
+        if line.isdigit():
+            port = int(line)
+        else:
+            report = json.loads(line)
+            reports[str(report["worker"])] = report
+    return proc, port, reports
+
+
+def test_two_worker_processes_aggregate_into_one_view(tmp_path: Path) -> None:
+    directory = tmp_path / "metrics"
+    proc, port, reports = _start_parent(directory)
+    try:
+        # A forked worker must not keep the parent's metrics socket.
+        assert reports["fork"]["metrics_fd"] == "closed"
+        assert {p.name.rsplit("_", 1)[-1] for p in directory.glob("counter_*.db")} >= {
+            f"{reports['fork']['pid']}.db",
+            f"{reports['spawn']['pid']}.db",
+        }
+        before = parse_exposition(scrape(port))
+        total = 2 * CONNECTIONS_PER_WORKER
+        # Counters summed over both workers: the open connection counts as accepted too.
+        assert before.value("tls13proxy_connections_accepted_total", listener=LISTENER) == total + 2
+        assert before.value("tls13proxy_received_bytes_total", listener=LISTENER) == total * 1000
+        assert before.value("tls13proxy_sent_bytes_total", listener=LISTENER) == total * 2000
+        assert before.value("tls13proxy_tickets_issued_total", listener=LISTENER) == total * 2
+        assert before.total("tls13proxy_handshakes_total", listener=LISTENER) == total
+        assert (
+            before.value("tls13proxy_handshake_duration_seconds_count", listener=LISTENER) == total
+        )
+        # livesum gauges: one open connection and one worker per live process.
+        assert before.value("tls13proxy_connections_active", listener=LISTENER) == 2
+        assert before.value("tls13proxy_worker_processes") == 2
+        # Merged series carry no pid label (livemostrecent/livesum/max modes).
+        assert not any("pid" in dict(labels) for _, labels in before.samples)
+        assert before.value("tls13proxy_config_last_reload_successful") == 1
+        assert before.value("tls13proxy_build_info", **_build_labels(before)) == 1
+        if PROMTOOL:
+            checked = promtool_check_metrics(scrape(port))
+            assert checked.returncode == 0, checked.stdout + checked.stderr
+
+        assert command(proc, "kill fork") == "killed"
+        after = parse_exposition(scrape(port))
+        # Counters of the dead worker survive; its live gauges are gone, so the backend state
+        # is the surviving (spawned) worker's observation: up.
+        assert after.value("tls13proxy_connections_accepted_total", listener=LISTENER) == total + 2
+        assert after.value("tls13proxy_connections_active", listener=LISTENER) == 1
+        assert after.value("tls13proxy_worker_processes") == 1
+        assert after.value("tls13proxy_worker_restarts_total") == 1
+        assert after.value("tls13proxy_backend_up", pool=POOL, server=SERVERS[0]) == 1.0
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+    assert not directory.exists(), "parent must remove its multi-process directory at exit"
+
+
+def _build_labels(exposition: object) -> dict[str, str]:
+    for name, labels in exposition.samples:  # type: ignore[attr-defined]
+        if name == "tls13proxy_build_info":
+            return dict(labels)
+    raise AssertionError("tls13proxy_build_info missing")
+
+
+def test_setup_multiprocess_removes_stale_files(tmp_path: Path) -> None:
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    stale = directory / "counter_999999.db"
+    stale.write_bytes(b"\0" * 16)
+    proc, port, _ = _start_parent(directory)
+    try:
+        assert not stale.exists()
+        assert "999999" not in scrape(port)
+    finally:
+        stop(proc)
