@@ -132,6 +132,9 @@ class ServerConfig:
     keylog: Callable[[str], None] | None = None
     # Prefer the client's order of cipher suites instead of ours (ours by default).
     prefer_client_suites: bool = False
+    # Always negotiate our most preferred common group, even when that costs a
+    # HelloRetryRequest; by default a group the client already sent a share for wins.
+    strict_group_preference: bool = False
     # RFC 8446 §4.2.7: tell the client our groups in EncryptedExtensions so it can
     # pick a better share next time (the RFC 8448 traces do this).
     send_supported_groups: bool = True

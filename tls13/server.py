@@ -1,0 +1,705 @@
+"""The TLS 1.3 server handshake state machine (RFC 8446 §4, rfc8446bis).
+
+States and the messages each accepts (anything else is unexpected_message)::
+
+    START ──ClientHello──> (HelloRetryRequest) WAIT_CH2 ──ClientHello──┐
+      └──────────────────────────────────────────────────────────────┴─> send
+          ServerHello, [CCS], EncryptedExtensions, [CertificateRequest],
+          Certificate, CertificateVerify, Finished
+    ──> WAIT_CERT ──Certificate──> WAIT_CV ──CertificateVerify──> WAIT_FINISHED
+    ──> WAIT_FINISHED ──Finished──> CONNECTED (KeyUpdate handled by the base class)
+
+Every handler parses its message, enforces the RFC's MUSTs for it, and
+returns the next state.  Randomness, time and ephemeral key shares come from
+the :class:`~tls13.config.ServerConfig` so published traces replay exactly.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from . import events
+from . import extensions as ext
+from .alerts import AlertDescription, TLSError, handshake_failure, illegal_parameter
+from .certificates import CertificateChain, verify_chain
+from .config import X25519MLKEM768, ServerConfig
+from .connection import Connection, ConnectionStateError, Handler
+from .extensions import ExtensionType, KeyShareEntry
+from .groups import GROUPS, Group
+from .keyschedule import KeySchedule, finished_verify_data
+from .messages import (
+    HELLO_RETRY_REQUEST_RANDOM,
+    Certificate,
+    CertificateEntry,
+    CertificateRequest,
+    CertificateVerify,
+    ClientHello,
+    EncryptedExtensions,
+    Finished,
+    HandshakeType,
+    ServerHello,
+)
+from .signatures import SCHEMES, certificate_verify_input
+from .suites import SUITES, CipherSuite
+from .transcript import Transcript
+
+TLS13 = 0x0304
+LEGACY_VERSION = 0x0303
+SERVER_CV_CONTEXT = b"TLS 1.3, server CertificateVerify"
+CLIENT_CV_CONTEXT = b"TLS 1.3, client CertificateVerify"
+
+# RFC 8446 §4.1.2: the only ClientHello changes allowed after a HelloRetryRequest.
+_HRR_MUTABLE_EXTENSIONS = frozenset(
+    {
+        ExtensionType.key_share,
+        ExtensionType.cookie,
+        ExtensionType.early_data,
+        ExtensionType.padding,
+        ExtensionType.pre_shared_key,
+    }
+)
+_COOKIE_VERSION = 1
+_COOKIE_MAC_LEN = 32
+# How much 0-RTT data we skip when we decline it (RFC 8446 §4.2.10) and 0-RTT is off.
+_DEFAULT_EARLY_DATA_SKIP = 16384
+
+
+class ServerState(enum.Enum):
+    START = enum.auto()
+    WAIT_CH2 = enum.auto()
+    WAIT_EOED = enum.auto()
+    WAIT_CERT = enum.auto()
+    WAIT_CV = enum.auto()
+    WAIT_FINISHED = enum.auto()
+    CONNECTED = enum.auto()
+    # Post-handshake client authentication (RFC 8446 §4.6.2).
+    POST_WAIT_CERT = enum.auto()
+    POST_WAIT_CV = enum.auto()
+    POST_WAIT_FINISHED = enum.auto()
+
+
+# States in which the client may still send its single compatibility CCS (RFC 8446 §5).
+_CCS_STATES = frozenset(
+    {
+        ServerState.WAIT_CH2,
+        ServerState.WAIT_EOED,
+        ServerState.WAIT_CERT,
+        ServerState.WAIT_CV,
+        ServerState.WAIT_FINISHED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """What the server chose from one ClientHello."""
+
+    suite: CipherSuite
+    group: Group
+    share: KeyShareEntry | None  # None: no usable share, a HelloRetryRequest is needed
+
+
+@dataclass
+class _PeerAuth:
+    """State of one client-certificate exchange (in-handshake or post-handshake)."""
+
+    context: bytes
+    schemes: tuple[int, ...]
+    certificates: tuple[x509.Certificate, ...] = ()
+    identity: events.ClientIdentity | None = None
+
+
+class ServerConnection(Connection):
+    """One server side of a TLS 1.3 connection (sans-IO)."""
+
+    is_client = False
+
+    def __init__(self, config: ServerConfig) -> None:
+        super().__init__(
+            limits=config.limits,
+            keylog=config.keylog,
+            clock=config.clock,
+            record_padding=config.record_padding,
+        )
+        self._config = config
+        self._state: enum.Enum = ServerState.START
+        self._handlers: dict[tuple[enum.Enum, int], Handler] = {
+            (ServerState.START, HandshakeType.client_hello): self._on_client_hello,
+            (ServerState.WAIT_CH2, HandshakeType.client_hello): self._on_client_hello_retry,
+            (ServerState.WAIT_CERT, HandshakeType.certificate): self._on_certificate,
+            (ServerState.WAIT_CV, HandshakeType.certificate_verify): self._on_certificate_verify,
+            (ServerState.WAIT_FINISHED, HandshakeType.finished): self._on_finished,
+            (ServerState.POST_WAIT_CERT, HandshakeType.certificate): self._on_certificate,
+            (ServerState.POST_WAIT_CV, HandshakeType.certificate_verify): (
+                self._on_certificate_verify
+            ),
+            (ServerState.POST_WAIT_FINISHED, HandshakeType.finished): self._on_post_finished,
+        }
+        self._key_schedule: KeySchedule | None = None
+        self._first_hello: ClientHello | None = None
+        self._cookie = b""
+        self._hrr_group: Group | None = None
+        self._group: Group | None = None
+        self._chain: CertificateChain | None = None
+        self._scheme: int | None = None
+        self._server_name: str | None = None
+        self._alpn: str | None = None
+        self._client_hs_secret = b""
+        self._server_hs_secret = b""
+        self._hello_retry = False
+        self._post_transcript: Transcript | None = None
+        self._client_app_secret = b""
+        self._resumption_secret = b""
+        self._sent_ccs = False
+        self._early_data_offered = False
+        self._post_handshake_auth_offered = False
+        self._peer_auth: _PeerAuth | None = None
+        self._post_auth_requests = 0
+
+    # ------------------------------------------------------------------ public extras
+
+    @property
+    def state(self) -> ServerState:
+        assert isinstance(self._state, ServerState)
+        return self._state
+
+    def request_client_certificate(self) -> None:
+        """Queue a post-handshake CertificateRequest (RFC 8446 §4.6.2)."""
+        self._check_can_send()
+        if self._state is not ServerState.CONNECTED:
+            raise ConnectionStateError("post-handshake auth needs a connected, idle connection")
+        if not self._post_handshake_auth_offered:
+            raise ConnectionStateError("the client did not offer post_handshake_auth")
+        if not self._config.client_ca:
+            raise ConnectionStateError("post-handshake auth needs client_ca certificates")
+        self._post_auth_requests += 1
+        context = self._post_auth_requests.to_bytes(2, "big") + self._config.random(8)
+        self._send_certificate_request(context)
+        self._set_state(ServerState.POST_WAIT_CERT)
+
+    # ------------------------------------------------------------------ base-class hooks
+
+    def _handler_for(self, msg_type: int) -> Handler | None:
+        return self._handlers.get((self._state, msg_type))
+
+    def _ccs_allowed(self) -> bool:
+        return self._state in _CCS_STATES
+
+    # ------------------------------------------------------------------ ClientHello
+
+    def _on_client_hello(self, raw: bytes) -> ServerState:
+        hello = ClientHello.parse(raw[4:])
+        _check_version(hello)
+        self._config = self._config_for(hello)
+        self._emit(
+            events.ClientHelloReceived(
+                server_name=hello.server_name(),
+                alpn_protocols=tuple(hello.alpn_protocols() or ()),
+                offered_early_data=hello.early_data(),
+            )
+        )
+        self._client_random = hello.random
+        self._early_data_offered = hello.early_data()
+        self._post_handshake_auth_offered = hello.post_handshake_auth()
+        selection = self._select(hello)
+        self._suite = selection.suite
+        self._transcript = Transcript(selection.suite.hash)
+        self._transcript.update(raw)
+        if self._early_data_offered:
+            # RFC 8446 §4.2.10: we decline 0-RTT, so skip the client's early records
+            # (after a HelloRetryRequest too) up to a budget.
+            self._record.skip_early_data(self._early_skip_limit())
+        if selection.share is None:
+            return self._send_hello_retry(hello, selection)
+        return self._answer(hello, selection, hello_retry=False)
+
+    def _on_client_hello_retry(self, raw: bytes) -> ServerState:
+        hello = ClientHello.parse(raw[4:])
+        first = self._first_hello
+        assert first is not None and self._hrr_group is not None and self._suite is not None
+        _check_version(hello)
+        _check_retry_consistency(first, hello)
+        self._verify_cookie(hello.cookie())
+        # RFC 8446 §4.2.10: a client must not offer 0-RTT after a HelloRetryRequest.
+        if hello.early_data():
+            raise illegal_parameter("early_data in the second ClientHello")
+        shares = _validated_shares(hello)
+        if len(shares) != 1 or shares[0].group != self._hrr_group.code:
+            # §4.2.8: exactly one share, for the group the HelloRetryRequest selected.
+            raise illegal_parameter("second ClientHello lacks the requested key share")
+        if self._suite.code not in hello.cipher_suites:
+            raise illegal_parameter("second ClientHello dropped the selected cipher suite")
+        assert self._transcript is not None
+        self._transcript.update(raw)
+        selection = _Selection(self._suite, self._hrr_group, shares[0])
+        return self._answer(hello, selection, hello_retry=True)
+
+    def _config_for(self, hello: ClientHello) -> ServerConfig:
+        """Let the user pick a per-name configuration before we answer (SNI routing)."""
+        chooser = self._config.config_for_name
+        if chooser is None:
+            return self._config
+        chosen = chooser(hello.server_name())
+        return chosen if chosen is not None else self._config
+
+    def _select(self, hello: ClientHello) -> _Selection:
+        suite = self._select_suite(hello)
+        groups = hello.supported_groups()
+        if groups is None:
+            # RFC 8446 §9.2: a (EC)DHE handshake needs supported_groups and key_share.
+            raise TLSError(AlertDescription.missing_extension, "no supported_groups")
+        shares = _validated_shares(hello, groups)
+        candidates = self._group_candidates(groups)
+        if not candidates:
+            raise handshake_failure("no common key exchange group")
+        by_group = {entry.group: entry for entry in shares}
+        if not self._config.strict_group_preference:
+            # Prefer a group the client already sent a share for: no extra round trip.
+            for group in candidates:
+                if group.code in by_group:
+                    return _Selection(suite, group, by_group[group.code])
+        best = candidates[0]
+        return _Selection(suite, best, by_group.get(best.code))
+
+    def _select_suite(self, hello: ClientHello) -> CipherSuite:
+        ours = [code for code in self._config.cipher_suites if code in SUITES]
+        offered = hello.cipher_suites
+        if self._config.prefer_client_suites:
+            order = [code for code in offered if code in ours]
+        else:
+            order = [code for code in ours if code in offered]
+        if not order:
+            raise handshake_failure("no common cipher suite")
+        return SUITES[order[0]]
+
+    def _group_candidates(self, client_groups: list[int]) -> list[Group]:
+        """Acceptable groups, best first: the hybrid PQ group, then our order."""
+        offered = set(client_groups)
+        ours = [code for code in self._config.groups if code in GROUPS and code in offered]
+        if X25519MLKEM768 in ours:
+            ours.remove(X25519MLKEM768)
+            ours.insert(0, X25519MLKEM768)
+        return [GROUPS[code] for code in ours]
+
+    def _early_skip_limit(self) -> int:
+        return max(self._config.max_early_data, _DEFAULT_EARLY_DATA_SKIP)
+
+    # ------------------------------------------------------------------ HelloRetryRequest
+
+    def _send_hello_retry(self, hello: ClientHello, selection: _Selection) -> ServerState:
+        """RFC 8446 §4.1.4: ask for a share in ``selection.group``, with a cookie."""
+        assert self._transcript is not None
+        self._first_hello = hello
+        self._hrr_group = selection.group
+        ch1_hash = self._transcript.digest()
+        self._cookie = self._make_cookie(selection, ch1_hash)
+        retry = ServerHello(
+            random=HELLO_RETRY_REQUEST_RANDOM,
+            legacy_session_id_echo=hello.legacy_session_id,
+            cipher_suite=selection.suite.code,
+            extensions=[
+                (ExtensionType.key_share, ext.encode_uint16_body(selection.group.code)),
+                (ExtensionType.cookie, ext.encode_cookie(self._cookie)),
+                (ExtensionType.supported_versions, ext.encode_uint16_body(TLS13)),
+            ],
+        )
+        # §4.4.1: ClientHello1 is replaced by message_hash in the transcript.
+        self._transcript.replace_with_message_hash()
+        self._send_handshake(retry.serialize())
+        self._maybe_send_ccs(hello)
+        return ServerState.WAIT_CH2
+
+    def _make_cookie(self, selection: _Selection, ch1_hash: bytes) -> bytes:
+        """An HMAC-protected cookie binding the retry to ClientHello1 (RFC 8446 §4.2.2).
+
+        Layout: version, suite, group, Hash(CH1), then HMAC-SHA256 over all of it;
+        it lets a stateless deployment rebuild the transcript from CH2 alone.
+        """
+        body = (
+            bytes((_COOKIE_VERSION,))
+            + selection.suite.code.to_bytes(2, "big")
+            + selection.group.code.to_bytes(2, "big")
+            + ch1_hash
+        )
+        return body + self._cookie_mac(body)
+
+    def _cookie_mac(self, body: bytes) -> bytes:
+        secret = self._config.cookie_secret
+        assert secret is not None
+        return hmac.new(secret, body, hashlib.sha256).digest()
+
+    def _verify_cookie(self, cookie: bytes | None) -> None:
+        if cookie is None:
+            raise TLSError(AlertDescription.missing_extension, "second ClientHello lacks cookie")
+        if not hmac.compare_digest(cookie, self._cookie):
+            raise illegal_parameter("cookie does not match the HelloRetryRequest")
+        body, mac = cookie[:-_COOKIE_MAC_LEN], cookie[-_COOKIE_MAC_LEN:]
+        if len(cookie) > _COOKIE_MAC_LEN and cookie[0] == _COOKIE_VERSION:
+            if not hmac.compare_digest(mac, self._cookie_mac(body)):
+                raise illegal_parameter("cookie authentication failed")
+
+    def _maybe_send_ccs(self, hello: ClientHello) -> None:
+        """RFC 8446 Appendix D.4: a CCS after our first flight when the client is in
+        middlebox-compatibility mode (non-empty legacy_session_id), as OpenSSL does."""
+        if hello.legacy_session_id and not self._sent_ccs:
+            self._sent_ccs = True
+            self._send_ccs()
+
+    # ------------------------------------------------------------------ ServerHello and flight
+
+    def _answer(self, hello: ClientHello, selection: _Selection, hello_retry: bool) -> ServerState:
+        assert selection.share is not None and self._transcript is not None
+        self._group = selection.group
+        self._server_name = hello.server_name()
+        chain, scheme = self._select_certificate(hello)
+        self._alpn = self._select_alpn(hello)
+        private = None
+        if self._config.key_share_factory is not None:
+            private = self._config.key_share_factory(selection.group.code)
+        server_share, shared = selection.group.respond(
+            selection.share.key_exchange, self._config.random, private
+        )
+        server_hello = ServerHello(
+            random=self._config.random(32),
+            legacy_session_id_echo=hello.legacy_session_id,
+            cipher_suite=selection.suite.code,
+            extensions=[
+                (
+                    ExtensionType.key_share,
+                    ext.encode_key_share_sh(KeyShareEntry(selection.group.code, server_share)),
+                ),
+                (ExtensionType.supported_versions, ext.encode_uint16_body(TLS13)),
+            ],
+        )
+        self._send_handshake(server_hello.serialize())
+        self._maybe_send_ccs(hello)
+        self._start_handshake_keys(shared)
+        self._apply_peer_record_limit(hello)
+        self._send_handshake(self._encrypted_extensions(hello).serialize())
+        if self._config.client_auth != "none":
+            self._send_certificate_request(b"")
+        self._send_certificate(chain, b"", _wants_ocsp(hello))
+        self._send_certificate_verify(chain, scheme)
+        self._send_server_finished()
+        self._hello_retry = hello_retry
+        if self._config.client_auth != "none":
+            return ServerState.WAIT_CERT
+        return ServerState.WAIT_FINISHED
+
+    def _select_certificate(self, hello: ClientHello) -> tuple[CertificateChain, int]:
+        schemes = hello.signature_algorithms()
+        if schemes is None:
+            # RFC 8446 §4.2.3: certificate authentication requires signature_algorithms.
+            raise TLSError(AlertDescription.missing_extension, "no signature_algorithms")
+        usable = [code for code in schemes if code in self._config.signature_schemes]
+        name = self._server_name
+        store = self._config.certificates
+        if name is not None and self._config.unknown_name == "reject" and not store.has_name(name):
+            raise TLSError(AlertDescription.unrecognized_name, "no certificate for server_name")
+        try:
+            chain, scheme = store.select(name, usable)
+        except TLSError as error:
+            raise handshake_failure(f"no usable certificate: {error.message}") from error
+        self._chain, self._scheme = chain, scheme
+        return chain, scheme
+
+    def _select_alpn(self, hello: ClientHello) -> str | None:
+        """RFC 7301 §3.2: our most preferred protocol that the client offers."""
+        offered = hello.alpn_protocols()
+        ours = self._config.alpn_protocols
+        if offered is not None and ours:
+            for protocol in ours:
+                if protocol in offered:
+                    return protocol
+        if self._config.alpn_required:
+            raise TLSError(AlertDescription.no_application_protocol, "no common ALPN protocol")
+        return None
+
+    def _start_handshake_keys(self, shared: bytes) -> None:
+        assert self._suite is not None and self._transcript is not None
+        schedule = KeySchedule(self._suite)
+        schedule.set_psk(None)
+        schedule.set_shared_secret(shared)
+        self._key_schedule = schedule
+        digest = self._transcript.digest()
+        client_secret = schedule.client_handshake_traffic_secret(digest)
+        server_secret = schedule.server_handshake_traffic_secret(digest)
+        self._log_secret("CLIENT_HANDSHAKE_TRAFFIC_SECRET", client_secret)
+        self._log_secret("SERVER_HANDSHAKE_TRAFFIC_SECRET", server_secret)
+        self._client_hs_secret = client_secret
+        self._server_hs_secret = server_secret
+        self._set_write_secret(server_secret)
+        self._set_read_secret(client_secret)
+
+    def _apply_peer_record_limit(self, hello: ClientHello) -> None:
+        limit = hello.record_size_limit()
+        if limit is not None:
+            # RFC 8449 §4: in TLS 1.3 the limit counts the content type byte too;
+            # from here on our records respect it, and we enforce the one we announce.
+            self._record.peer_record_limit = min(limit, 16385)
+            self._record.read_record_limit = self._config.record_size_limit + 1
+
+    def _encrypted_extensions(self, hello: ClientHello) -> EncryptedExtensions:
+        extensions: list[tuple[int, bytes]] = []
+        if self._config.send_supported_groups:
+            groups = [code for code in self._config.groups if code in GROUPS]
+            extensions.append((ExtensionType.supported_groups, ext.encode_uint16_list(groups)))
+        if hello.record_size_limit() is not None:
+            # RFC 8449 §4: the TLS 1.3 value includes the inner content type byte.
+            own_limit = self._config.record_size_limit + 1
+            extensions.append((ExtensionType.record_size_limit, ext.encode_uint16_body(own_limit)))
+        if self._server_name is not None:
+            # RFC 6066 §3: acknowledge a server_name we used, with an empty body.
+            extensions.append((ExtensionType.server_name, b""))
+        if self._alpn is not None:
+            extensions.append(
+                (
+                    ExtensionType.application_layer_protocol_negotiation,
+                    ext.encode_alpn([self._alpn]),
+                )
+            )
+        return EncryptedExtensions(extensions)
+
+    def _send_certificate_request(self, context: bytes) -> None:
+        schemes = list(self._config.signature_schemes)
+        self._peer_auth = _PeerAuth(context, tuple(schemes))
+        request = CertificateRequest(
+            certificate_request_context=context,
+            extensions=[(ExtensionType.signature_algorithms, ext.encode_uint16_list(schemes))],
+        )
+        if context:
+            # Post-handshake messages are not part of the main transcript.
+            self._record.write(22, request.serialize())
+            self._post_transcript = self._transcript_after_finished()
+            self._post_transcript.update(request.serialize())
+        else:
+            self._send_handshake(request.serialize())
+
+    def _send_certificate(self, chain: CertificateChain, context: bytes, ocsp: bool) -> None:
+        entries = []
+        for index, der in enumerate(chain.der_chain):
+            extensions: list[tuple[int, bytes]] = []
+            if index == 0 and ocsp and chain.ocsp_response:
+                # RFC 8446 §4.4.2.1: the OCSP response rides in the leaf's CertificateEntry.
+                extensions.append(
+                    (
+                        ExtensionType.status_request,
+                        ext.encode_certificate_status(chain.ocsp_response),
+                    )
+                )
+            entries.append(CertificateEntry(der, extensions))
+        self._send_handshake(Certificate(context, tuple(entries)).serialize())
+
+    def _send_certificate_verify(self, chain: CertificateChain, scheme: int) -> None:
+        assert self._transcript is not None
+        signed = certificate_verify_input(SERVER_CV_CONTEXT, self._transcript.digest())
+        signature = SCHEMES[scheme].sign(chain.private_key, signed)
+        self._send_handshake(CertificateVerify(scheme, signature).serialize())
+
+    def _send_server_finished(self) -> None:
+        assert self._suite is not None and self._transcript is not None
+        assert self._key_schedule is not None
+        verify_data = finished_verify_data(
+            self._suite.hash, self._server_hs_secret, self._transcript.digest()
+        )
+        self._send_handshake(Finished(verify_data).serialize())
+        schedule = self._key_schedule
+        schedule.set_master()
+        digest = self._transcript.digest()
+        client_app = schedule.client_application_traffic_secret(digest)
+        server_app = schedule.server_application_traffic_secret(digest)
+        self._exporter_secret = schedule.exporter_master_secret(digest)
+        self._log_secret("CLIENT_TRAFFIC_SECRET_0", client_app)
+        self._log_secret("SERVER_TRAFFIC_SECRET_0", server_app)
+        self._log_secret("EXPORTER_SECRET", self._exporter_secret)
+        self._client_app_secret = client_app
+        self._install_application_secrets(client_app, server_app)
+        # RFC 8446 §4.4.4: we may send (0.5-RTT) under the application keys from here on.
+        self._set_write_secret(server_app)
+
+    # ------------------------------------------------------------------ client's second flight
+
+    def _on_certificate(self, raw: bytes) -> ServerState:
+        auth = self._peer_auth
+        assert auth is not None
+        message = Certificate.parse(raw[4:])
+        if not hmac.compare_digest(message.certificate_request_context, auth.context):
+            raise illegal_parameter("certificate_request_context mismatch")
+        self._update_auth_transcript(raw)
+        post = self._state is ServerState.POST_WAIT_CERT
+        if not message.certificate_list:
+            if self._config.client_auth == "required" or post:
+                # RFC 8446 §4.4.2.4 (bis): no certificate when one is required.
+                raise TLSError(AlertDescription.certificate_required, "client sent no certificate")
+            return ServerState.POST_WAIT_FINISHED if post else ServerState.WAIT_FINISHED
+        certificates = tuple(
+            _load_certificate(entry.cert_data) for entry in message.certificate_list
+        )
+        verify_chain(certificates, self._config.client_ca, self._config.clock(), client=True)
+        auth.certificates = certificates
+        return ServerState.POST_WAIT_CV if post else ServerState.WAIT_CV
+
+    def _on_certificate_verify(self, raw: bytes) -> ServerState:
+        auth = self._peer_auth
+        assert auth is not None and auth.certificates
+        message = CertificateVerify.parse(raw[4:])
+        if message.algorithm not in auth.schemes or message.algorithm not in SCHEMES:
+            raise illegal_parameter("CertificateVerify uses a scheme we did not offer")
+        scheme = SCHEMES[message.algorithm]
+        signed = certificate_verify_input(CLIENT_CV_CONTEXT, self._auth_transcript_digest())
+        scheme.verify(auth.certificates[0].public_key(), message.signature, signed)
+        self._update_auth_transcript(raw)
+        auth.identity = events.ClientIdentity.from_chain(auth.certificates, scheme.name)
+        if self._state is ServerState.POST_WAIT_CV:
+            return ServerState.POST_WAIT_FINISHED
+        return ServerState.WAIT_FINISHED
+
+    def _on_finished(self, raw: bytes) -> ServerState:
+        assert self._suite is not None and self._transcript is not None
+        message = Finished.parse(raw[4:])
+        expected = finished_verify_data(
+            self._suite.hash, self._client_hs_secret, self._transcript.digest()
+        )
+        # RFC 8446 §4.4.4: a wrong verify_data is decrypt_error; compare in constant time.
+        if not hmac.compare_digest(expected, message.verify_data):
+            raise TLSError(AlertDescription.decrypt_error, "client Finished does not verify")
+        self._transcript.update(raw)
+        assert self._key_schedule is not None
+        self._resumption_secret = self._key_schedule.resumption_master_secret(
+            self._transcript.digest()
+        )
+        self._set_read_secret(self._client_app_secret)
+        self._complete_handshake(self._handshake_info())
+        return ServerState.CONNECTED
+
+    def _on_post_finished(self, raw: bytes) -> ServerState:
+        """RFC 8446 §4.6.2: the client's Finished closing post-handshake authentication."""
+        assert self._suite is not None and self._read_secret is not None
+        auth = self._peer_auth
+        assert auth is not None
+        message = Finished.parse(raw[4:])
+        expected = finished_verify_data(
+            self._suite.hash, self._read_secret, self._auth_transcript_digest()
+        )
+        if not hmac.compare_digest(expected, message.verify_data):
+            raise TLSError(AlertDescription.decrypt_error, "client Finished does not verify")
+        self._emit(events.ClientCertificateReceived(auth.identity))
+        self._peer_auth = None
+        return ServerState.CONNECTED
+
+    def _handshake_info(self) -> events.HandshakeComplete:
+        assert self._suite is not None and self._group is not None
+        auth = self._peer_auth
+        scheme = SCHEMES[self._scheme].name if self._scheme is not None else None
+        return events.HandshakeComplete(
+            version="TLSv1.3",
+            cipher_suite=self._suite.name,
+            group=self._group.name,
+            signature_scheme=scheme,
+            server_name=self._server_name,
+            alpn_protocol=self._alpn,
+            hello_retry=self._hello_retry,
+            resumed=False,
+            early_data_accepted=False,
+            peer_certificates=auth.certificates if auth is not None else (),
+            client_identity=auth.identity if auth is not None else None,
+        )
+
+    # ------------------------------------------------------------------ transcripts for auth
+
+    def _transcript_after_finished(self) -> Transcript:
+        """A copy of the handshake transcript through the client Finished (§4.6.2)."""
+        assert self._transcript is not None
+        return self._transcript.copy()
+
+    def _update_auth_transcript(self, raw: bytes) -> None:
+        if self._state in (ServerState.POST_WAIT_CERT, ServerState.POST_WAIT_CV):
+            self._post_transcript.update(raw)
+        else:
+            assert self._transcript is not None
+            self._transcript.update(raw)
+
+    def _auth_transcript_digest(self) -> bytes:
+        if self._state in (
+            ServerState.POST_WAIT_CERT,
+            ServerState.POST_WAIT_CV,
+            ServerState.POST_WAIT_FINISHED,
+        ):
+            return self._post_transcript.digest()
+        assert self._transcript is not None
+        return self._transcript.digest()
+
+
+# ---------------------------------------------------------------------- ClientHello checks
+
+
+def _check_version(hello: ClientHello) -> None:
+    """RFC 8446 §4.2.1: only supported_versions negotiates TLS 1.3."""
+    versions = hello.supported_versions()
+    if versions is None:
+        raise TLSError(AlertDescription.protocol_version, "client does not offer TLS 1.3")
+    if TLS13 not in versions:
+        raise TLSError(AlertDescription.protocol_version, "client does not offer TLS 1.3")
+    # §4.1.2: legacy_version MUST be 0x0303 in a TLS 1.3 ClientHello.
+    if hello.legacy_version != LEGACY_VERSION:
+        raise TLSError(AlertDescription.protocol_version, "legacy_version is not 0x0303")
+
+
+def _validated_shares(hello: ClientHello, groups: list[int] | None = None) -> list[KeyShareEntry]:
+    """key_share entries, checked against supported_groups (RFC 8446 §4.2.8)."""
+    shares = hello.key_shares()
+    if shares is None:
+        raise TLSError(AlertDescription.missing_extension, "no key_share")
+    if groups is None:
+        groups = hello.supported_groups()
+        if groups is None:
+            raise TLSError(AlertDescription.missing_extension, "no supported_groups")
+    position = {code: index for index, code in enumerate(groups)}
+    last = -1
+    for entry in shares:
+        index = position.get(entry.group)
+        if index is None:
+            raise illegal_parameter("key share for a group not in supported_groups")
+        if index <= last:
+            raise illegal_parameter("key shares not in supported_groups order")
+        last = index
+        group = GROUPS.get(entry.group)
+        if group is not None and len(entry.key_exchange) != group.client_share_len:
+            raise illegal_parameter(f"key share for {group.name} has the wrong length")
+    return shares
+
+
+def _check_retry_consistency(first: ClientHello, second: ClientHello) -> None:
+    """RFC 8446 §4.1.2: CH2 repeats CH1 except for the listed extensions."""
+    same_fields = (
+        first.legacy_version == second.legacy_version
+        and first.random == second.random
+        and first.legacy_session_id == second.legacy_session_id
+        and first.cipher_suites == second.cipher_suites
+        and first.legacy_compression_methods == second.legacy_compression_methods
+    )
+    if not same_fields:
+        raise illegal_parameter("second ClientHello changed fixed fields")
+    if _stable_extensions(first) != _stable_extensions(second):
+        raise illegal_parameter("second ClientHello changed its extensions")
+
+
+def _stable_extensions(hello: ClientHello) -> list[tuple[int, bytes]]:
+    return [(t, body) for t, body in hello.extensions if t not in _HRR_MUTABLE_EXTENSIONS]
+
+
+def _wants_ocsp(hello: ClientHello) -> bool:
+    request = hello.status_request()
+    return request is not None
+
+
+def _load_certificate(der: bytes) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as error:
+        raise TLSError(AlertDescription.bad_certificate, "undecodable certificate") from error
