@@ -36,6 +36,7 @@ RESUMED = "Resumed 0-RTT"
 HRR = "HelloRetryRequest"
 CLIENT_AUTH = "Client Authentication"
 COMPAT = "Compatibility Mode"
+SV13 = (ExtensionType.supported_versions, b"\x03\x04")
 
 
 def _alert(excinfo: pytest.ExceptionInfo[TLSError]) -> AlertDescription:
@@ -167,22 +168,36 @@ def test_hrr_rejects_a_key_share_entry_and_sh_a_bare_group() -> None:
         HELLO_RETRY_REQUEST_RANDOM,
         b"",
         0x1301,
-        [(ExtensionType.key_share, b"\x00\x1d\x00\x01\x01")],
+        [SV13, (ExtensionType.key_share, b"\x00\x1d\x00\x01\x01")],
     )
     with pytest.raises(TLSError) as err:
         parse_message(hrr.serialize())
     assert _alert(err) is AlertDescription.decode_error
-    sh = ServerHello(bytes(32), b"", 0x1301, [(ExtensionType.key_share, b"\x00\x1d")])
+    sh = ServerHello(bytes(32), b"", 0x1301, [SV13, (ExtensionType.key_share, b"\x00\x1d")])
     with pytest.raises(TLSError) as err:
         parse_message(sh.serialize())
     assert _alert(err) is AlertDescription.decode_error
 
 
 def test_cookie_not_allowed_in_server_hello() -> None:
-    sh = ServerHello(bytes(32), b"", 0x1301, [(ExtensionType.cookie, b"\x00\x01\x00")])
+    sh = ServerHello(bytes(32), b"", 0x1301, [SV13, (ExtensionType.cookie, b"\x00\x01\x00")])
     with pytest.raises(TLSError) as err:
         parse_message(sh.serialize())
     assert _alert(err) is AlertDescription.illegal_parameter
+
+
+def test_pre_tls13_server_hello_is_framed_not_judged() -> None:
+    # No supported_versions: TLS 1.2 extensions and no extensions at all both parse,
+    # so the client can answer protocol_version or spot a downgrade sentinel.
+    bare = ServerHello(bytes(32), b"", 0xC02F, [])
+    assert parse_message(bare.serialize()) == bare
+    tls12 = ServerHello(bytes(32), b"", 0xC02F, [(0xFF01, b"\x00"), (11, b"\x01\x00")])
+    parsed = parse_message(tls12.serialize())
+    assert isinstance(parsed, ServerHello) and parsed.selected_version() is None
+    assert parsed.serialize() == tls12.serialize()
+    with pytest.raises(TLSError) as err:
+        parse_message(ServerHello(bytes(32), b"", 0x1301, [SV13, (0xFF01, b"\x00")]).serialize())
+    assert _alert(err) is AlertDescription.unsupported_extension
 
 
 def test_encrypted_extensions_fields() -> None:

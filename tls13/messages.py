@@ -243,7 +243,9 @@ class ServerHello(_Ext):
         if compression != 0:
             raise illegal_parameter("legacy_compression_method must be 0")
         context = ExtContext.HRR if random == HELLO_RETRY_REQUEST_RANDOM else ExtContext.SH
-        extensions = ext.parse_extensions(r, context)
+        # A TLS 1.2-or-older ServerHello may have no extensions at all; the client
+        # then reports protocol_version (or a downgrade sentinel), not a decode error.
+        extensions = [] if r.at_end() else _server_hello_extensions(body, r, context)
         r.expect_end("ServerHello")
         return cls(random, session_id, suite, extensions, legacy_version, compression)
 
@@ -254,7 +256,8 @@ class ServerHello(_Ext):
         w.vector(1, self.legacy_session_id_echo)
         w.uint16(self.cipher_suite)
         w.uint8(self.legacy_compression_method)
-        ext.write_extensions(w, self.extensions)
+        if self.extensions:
+            ext.write_extensions(w, self.extensions)
         return _frame(self.msg_type, w.getvalue())
 
     def selected_version(self) -> int | None:
@@ -282,6 +285,25 @@ class ServerHello(_Ext):
     def selected_identity(self) -> int | None:
         body = self.extension(ExtensionType.pre_shared_key)
         return None if body is None else ext.decode_uint16_body(body)
+
+
+def _server_hello_extensions(body: bytes, r: Reader, context: ExtContext) -> Extensions:
+    """Extensions of a ServerHello; an older-version answer is judged by its version.
+
+    Without supported_versions the server did not negotiate TLS 1.3 and its
+    TLS 1.2 extensions (renegotiation_info, ec_point_formats...) must not turn
+    the client's protocol_version / downgrade verdict (§4.1.3) into
+    unsupported_extension, so such a block is only framed, not judged.
+    """
+    framing = Reader(body, r.position).sub(2)
+    pairs: Extensions = []
+    while not framing.at_end():
+        ext_type = framing.uint16()
+        pairs.append((ext_type, framing.vector(2)))
+    if any(ext_type == ExtensionType.supported_versions for ext_type, _ in pairs):
+        return ext.parse_extensions(r, context)
+    r.sub(2)
+    return pairs
 
 
 # --------------------------------------------------------------------------
