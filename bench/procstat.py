@@ -1,0 +1,88 @@
+"""CPU time and resident memory of a target's whole process tree, read from /proc.
+
+A terminator may be one process (the trio reference), a manager plus workers (hitch,
+our daemon with ``workers > 1``) or a wrapper such as ``taskset``: we always sum over the
+root pid and every live descendant, so each target is charged for all of its processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the ``(comm)`` field (which may contain spaces)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _all_parents() -> dict[int, int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None:
+                parents[int(entry)] = int(fields[1])  # field 4 of stat: ppid
+    return parents
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _all_parents().items():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """utime + stime (fields 14 and 15 of /proc/PID/stat) summed, in seconds.
+
+    Counts every thread of each process; children that already exited are not included,
+    which is why the harness samples the tree while the target runs.
+    """
+    ticks = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLOCK_TICKS
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    """Resident set size summed over ``pids`` (shared pages count once per process)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                total += int(statm.read().split()[1]) * PAGE_SIZE
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+@dataclass
+class TreeSample:
+    """CPU and RSS of a process tree at one moment."""
+
+    cpu: float
+    rss: int
+    processes: int
+
+
+def sample(root: int) -> TreeSample:
+    pids = process_tree(root)
+    return TreeSample(cpu_seconds(pids), rss_bytes(pids), len(pids))

@@ -1,0 +1,274 @@
+"""Markdown rendering of a benchmark run: medians, spread, target CPU per unit, ratios."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # run.py imports us; only the type names are needed here
+    from run import Plan, RoundResult, TargetResult
+
+# metric key, title, rate unit, CPU unit label, factor from CPU seconds per unit to that label
+METRICS = (
+    ("full_hs", "Full handshakes (+1 GET each)", "conn/s", "CPU ms/handshake", 1e3),
+    ("resumed_hs", "Resumed handshakes (+1 GET each)", "conn/s", "CPU ms/handshake", 1e3),
+    ("keepalive", "Keep-alive requests", "req/s", "CPU µs/request", 1e6),
+    ("download", "Bulk download", "MB/s", "CPU ms/MB", 1e3),
+    ("upload", "Bulk upload", "MB/s", "CPU ms/MB", 1e3),
+)
+
+
+def median(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.median(finite) if finite else float("nan")
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median across rounds: the run-to-run noise of one figure."""
+    mid = median(values)
+    return (max(values) - min(values)) / mid if values and mid else float("nan")
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    if math.isnan(value):
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def pct(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value * 100:.0f}%"
+
+
+def rates(rounds: list[RoundResult]) -> list[float]:
+    return [r.value for r in rounds]
+
+
+def cpus(rounds: list[RoundResult]) -> list[float]:
+    return [r.cpu_per_unit for r in rounds]
+
+
+def check(metric: str, rounds: list[RoundResult]) -> str:
+    """What the client saw, proving the kind of work measured."""
+    if metric == "full_hs":
+        full = sum(int(r.extra["full"]) for r in rounds)
+        resumed = sum(int(r.extra["resumed"]) for r in rounds)
+        return f"{full} full, {resumed} resumed"
+    if metric == "resumed_hs":
+        resumed = sum(int(r.extra["resumed"]) for r in rounds)
+        total = sum(int(r.units) for r in rounds)
+        return f"{resumed}/{total} resumed"
+    if metric == "keepalive":
+        errors = sum(int(r.extra["errors"]) for r in rounds)
+        p50 = median([float(r.extra["p50_ms"]) for r in rounds])
+        p99 = median([float(r.extra["p99_ms"]) for r in rounds])
+        return f"p50 {fmt(p50, 2)} ms, p99 {fmt(p99, 2)} ms, {errors} errors"
+    return f"{len(rounds)} transfers verified"
+
+
+def header(plan: Plan, notes: dict[str, str], command: str, elapsed: float) -> list[str]:
+    lines = [
+        "# tls13-proxy benchmark results",
+        "",
+        f"Command: `{command}` — {notes['date']}, commit {notes['commit']}, "
+        f"took {elapsed / 60:.1f} min.",
+        "",
+        f"Plan: {plan.rounds} rounds × {plan.duration} s per load run; s_time × "
+        f"{plan.s_time_processes} processes; wrk 1 thread × {plan.wrk_connections} "
+        f"connections; bulk {plan.bulk_bytes // (1 << 20)} MiB; held connections "
+        f"{', '.join(str(n) for n in plan.hold_levels)}; scaling {plan.scaling_rounds} rounds "
+        "unpinned with twice the s_time processes.",
+        "",
+        "Machine:",
+    ]
+    lines += [f"- {key}: {value}" for key, value in notes.items() if key not in ("date", "commit")]
+    lines += [f"- note: {note}" for note in plan.notes]
+    lines += [
+        "",
+        "Every target proxies to the same plain HTTP/1.1 backend (bench/backend.py, 64-byte "
+        "response), serves the same ECDSA P-256 chain, TLS 1.3 only; s_time and curl offer "
+        "only TLS_AES_128_GCM_SHA256, wrk offers OpenSSL's defaults. \"CPU\" is the target's own "
+        "utime+stime (all its processes) divided by the work done: the load generators "
+        "saturate first on 2 cores, so CPU per unit is the fairer comparison. Spread = "
+        "(max−min)/median over rounds. MB = 10^6 bytes.",
+        "",
+    ]
+    return lines
+
+
+def targets_table(results: list[TargetResult]) -> list[str]:
+    lines = [
+        "## Targets",
+        "",
+        "| target | what | processes | negotiated | resumption probe | status |",
+        "|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        status = "ok" if not result.error else result.error.splitlines()[0]
+        negotiated = ", ".join(result.tls.values()) or "–"
+        lines.append(
+            f"| {result.name} | {result.description} | {result.processes or '–'} | "
+            f"{negotiated} | {result.resumption_probe or '–'} | {status} |"
+        )
+    errors = [r for r in results if r.error and len(r.error.splitlines()) > 1]
+    for result in errors:
+        lines += ["", f"{result.name}: ```", *result.error.splitlines()[:12], "```"]
+    return lines + [""]
+
+
+def metrics_table(results: list[TargetResult]) -> list[str]:
+    lines = [
+        "## Throughput and CPU per unit (medians)",
+        "",
+        "| metric | target | rate | spread | target CPU | check |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, title, unit, cpu_label, factor in METRICS:
+        for result in results:
+            rounds = result.metrics.get(key, [])
+            if not rounds:
+                why = "; ".join(result.failures.get(key, [])) or result.error or "not measured"
+                lines.append(f"| {title} | {result.name} | – | – | – | {why.splitlines()[0]} |")
+                continue
+            cpu = median(cpus(rounds)) * factor
+            lines.append(
+                f"| {title} | {result.name} | {fmt(median(rates(rounds)))} {unit} | "
+                f"{pct(spread(rates(rounds)))} | {fmt(cpu, 2)} {cpu_label[4:]} | "
+                f"{check(key, rounds)} |"
+            )
+    return lines + [""]
+
+
+def memory_table(results: list[TargetResult]) -> list[str]:
+    lines = [
+        "## Memory per idle established connection",
+        "",
+        "Each held connection completed a handshake and one keep-alive request, then idles "
+        "(so the target also holds its backend connection). RSS summed over the target's "
+        "processes, growth from before the first connection.",
+        "",
+        "| target | held (ok/asked) | RSS growth | per connection | notes |",
+        "|---|---|---|---|---|",
+    ]
+    for result in results:
+        if not result.memory:
+            lines.append(
+                f"| {result.name} | – | – | – | {result.error or 'not measured'} |".replace(
+                    "\n", " "
+                )
+            )
+        for row in result.memory:
+            growth = (int(row["rss"]) - int(row["rss_base"])) / (1 << 20)
+            notes = []
+            if int(row["failed"]) or int(row["unfinished"]):
+                notes.append(
+                    f"{row['failed']} failed, {row['unfinished']} unfinished {row['errors']}"
+                )
+            if row["alive"] != "True":
+                notes.append("target died")
+            lines.append(
+                f"| {result.name} | {row['established']}/{row['level']} | "
+                f"{growth:,.1f} MiB | {float(row['per_connection']) / 1024:,.1f} KiB | "
+                f"{'; '.join(notes)} |"
+            )
+    return lines + [""]
+
+
+def scaling_table(results: list[TargetResult]) -> list[str]:
+    lines = [
+        "## Scaling 1 → 2 workers (full handshakes, unpinned)",
+        "",
+        "| target | 1 worker | 2 workers | ×  | CPU ms/hs (1 → 2) |",
+        "|---|---|---|---|---|",
+    ]
+    for result in results:
+        one, two = result.scaling.get("w1", []), result.scaling.get("w2", [])
+        if not one or not two:
+            why = (
+                "; ".join(
+                    result.failures.get("scaling_w1", []) + result.failures.get("scaling_w2", [])
+                )
+                or result.error
+                or "–"
+            )
+            lines.append(f"| {result.name} | – | – | – | {why.splitlines()[0]} |")
+            continue
+        r1, r2 = median(rates(one)), median(rates(two))
+        lines.append(
+            f"| {result.name} | {fmt(r1)}/s | {fmt(r2)}/s | {fmt(r2 / r1, 2)} | "
+            f"{fmt(median(cpus(one)) * 1e3, 2)} → {fmt(median(cpus(two)) * 1e3, 2)} |"
+        )
+    return lines + [
+        "",
+        "Both cores are shared by target, s_time and backend here, so this "
+        "shows whether a second worker adds capacity, not linear scaling.",
+        "",
+    ]
+
+
+def ratio_table(results: list[TargetResult]) -> list[str]:
+    """The subject (first target) against each reference: rate ratio and CPU ratio."""
+    if len(results) < 2:
+        return []
+    subject, references = results[0], results[1:]
+    lines = [
+        f"## Ratios: {subject.name} ÷ each reference",
+        "",
+        "Rate ratio > 1: the subject is faster. CPU ratio < 1: the subject spends less "
+        "CPU per unit.",
+        "",
+        "| metric | "
+        + " | ".join(f"rate vs {r.name} | CPU vs {r.name}" for r in references)
+        + " |",
+        "|---|" + "---|---|" * len(references),
+    ]
+    for key, title, _unit, _cpu, _factor in METRICS:
+        cells = []
+        for reference in references:
+            ours, theirs = subject.metrics.get(key, []), reference.metrics.get(key, [])
+            if ours and theirs:
+                cells.append(fmt(median(rates(ours)) / median(rates(theirs)), 2))
+                cells.append(fmt(median(cpus(ours)) / median(cpus(theirs)), 2))
+            else:
+                cells += ["–", "–"]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    mem_cells = []
+    for reference in references:
+        ours_mem, theirs_mem = subject.memory[-1:], reference.memory[-1:]
+        if ours_mem and theirs_mem and float(theirs_mem[0]["per_connection"]) > 0:
+            mem_cells += [
+                "",
+                fmt(
+                    float(ours_mem[0]["per_connection"]) / float(theirs_mem[0]["per_connection"]), 2
+                ),
+            ]
+        else:
+            mem_cells += ["", "–"]
+    lines.append(
+        "| Memory per held connection (largest level; CPU column = RSS ratio) | "
+        + " | ".join(mem_cells)
+        + " |"
+    )
+    return lines + [""]
+
+
+def failures_section(results: list[TargetResult]) -> list[str]:
+    lines = []
+    for result in results:
+        for metric, whys in result.failures.items():
+            for why in dict.fromkeys(whys):
+                lines.append(f"- {result.name} / {metric}: {why.splitlines()[0][:200]}")
+    return (["## Problems seen during the run", "", *lines, ""]) if lines else []
+
+
+def render_markdown(
+    results: list[TargetResult], plan: Plan, notes: dict[str, str], command: str, elapsed: float
+) -> str:
+    lines = header(plan, notes, command, elapsed)
+    lines += targets_table(results)
+    lines += metrics_table(results)
+    lines += ratio_table(results)
+    lines += memory_table(results)
+    lines += scaling_table(results)
+    lines += failures_section(results)
+    return "\n".join(lines)

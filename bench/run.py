@@ -1,0 +1,495 @@
+"""Benchmark tls13-proxy against reference TLS 1.3 terminators, in one invocation.
+
+    python3 bench/run.py [--rounds N] [--duration S] [--targets ours,sslproxy,hitch] [--quick]
+
+Every target sits in front of the same plain HTTP/1.1 backend (bench/backend.py) with the
+same ECDSA P-256 certificate, TLS 1.3 only.  For each target the harness measures, over
+several rounds, full and resumed handshakes/s (openssl s_time; each connection is a
+handshake plus one GET, and s_time's per-connection marks prove full vs resumed),
+keep-alive requests/s with p50/p99 latency (wrk), bulk download/upload MB/s (curl),
+RSS growth per idle established connection (held from separate processes), and 1 → 2
+worker scaling.  Because the load generators saturate first on a 2-core machine, it also
+charges each target its own CPU time (utime+stime of its process tree) per handshake,
+request and MB; those figures are the fairer comparison.  Medians, spread across rounds
+((max-min)/median) and ratios against each reference are printed as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import certmaterial
+import loadgen
+import procstat
+from report import render_markdown
+from targets import TARGETS, Material, Running, Target, nofile_hard_limit, start_backend
+
+DEFAULT_TARGETS = ("ours", "sslproxy", "hitch")
+
+
+@dataclass
+class Plan:
+    """How much of everything to do (``--quick`` shrinks it)."""
+
+    rounds: int = 3
+    duration: int = 3
+    s_time_processes: int = 2
+    wrk_connections: int = 32
+    bulk_bytes: int = 128 * 1024 * 1024
+    hold_levels: tuple[int, ...] = (1000, 10000)
+    scaling_rounds: int = 2
+    target_cpus: str | None = "0"
+    load_cpus: str | None = "1"
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RoundResult:
+    """One round of one metric: the rate, the target's CPU per unit, and verification."""
+
+    value: float
+    cpu_per_unit: float  # target CPU seconds per handshake / request / MB
+    units: float
+    extra: dict[str, float | int | str] = field(default_factory=dict)
+
+
+@dataclass
+class TargetResult:
+    name: str
+    description: str
+    error: str | None = None
+    tls: dict[str, str] = field(default_factory=dict)
+    resumption_probe: str = ""
+    metrics: dict[str, list[RoundResult]] = field(default_factory=dict)
+    failures: dict[str, list[str]] = field(default_factory=dict)
+    memory: list[dict[str, float | int | str]] = field(default_factory=list)
+    scaling: dict[str, list[RoundResult]] = field(default_factory=dict)
+    processes: int = 0
+
+    def fail(self, metric: str, why: str) -> None:
+        self.failures.setdefault(metric, []).append(why)
+
+
+def measure(
+    running: Running, action: Callable[[], tuple[float, float, dict[str, float | int | str]]]
+) -> RoundResult:
+    """Run ``action`` (returns rate, units of work, extras) and charge the target's CPU."""
+    before = procstat.sample(running.proc.pid)
+    value, units, extra = action()
+    after = procstat.sample(running.proc.pid)
+    cpu = after.cpu - before.cpu
+    return RoundResult(value, cpu / units if units else float("nan"), units, extra)
+
+
+class TargetBench:
+    """Runs every measurement against one target."""
+
+    def __init__(
+        self,
+        target: Target,
+        plan: Plan,
+        material: Material,
+        workdir: Path,
+        backend_port: int,
+        upload_file: Path,
+    ) -> None:
+        self.target = target
+        self.plan = plan
+        self.material = material
+        self.workdir = workdir / target.name
+        self.backend_port = backend_port
+        self.upload_file = upload_file
+        self.result = TargetResult(target.name, target.description)
+
+    def run(self) -> TargetResult:
+        reason = self.target.available()
+        if reason:
+            self.result.error = f"not run: {reason}"
+            return self.result
+        try:
+            running = self.start(workers=1, cpus=self.plan.target_cpus)
+        except RuntimeError as error:
+            self.result.error = f"failed to start: {error}"
+            return self.result
+        try:
+            self.probe(running)
+            self.rounds(running)
+            self.hold_connections(running)
+        finally:
+            running.stop()
+        self.scaling()
+        return self.result
+
+    def start(self, workers: int, cpus: str | None) -> Running:
+        log(f"[{self.target.name}] starting ({workers} worker(s), cpus {cpus or 'any'})")
+        return self.target.start(self.material, self.workdir, self.backend_port, workers, cpus)
+
+    def alive(self, running: Running) -> bool:
+        if running.proc.poll() is None:
+            return True
+        self.result.error = (
+            f"exited with status {running.proc.returncode} during the run:\n{running.log_tail()}"
+        )
+        return False
+
+    def probe(self, running: Running) -> None:
+        self.result.tls = loadgen.probe_tls(running.port)
+        self.result.processes = procstat.sample(running.proc.pid).processes
+        try:
+            first, second = loadgen.probe_resumption(running.port)
+            self.result.resumption_probe = (
+                f"python ssl: 1st resumed={first}, 2nd (offering ticket) resumed={second}"
+            )
+        except OSError as error:
+            self.result.resumption_probe = f"python ssl probe failed: {error}"
+        # Warm-up: first connections pay for imports, caches and lazy initialisation.
+        loadgen.run_s_time(running.port, False, 1, 1, self.plan.load_cpus)
+
+    def rounds(self, running: Running) -> None:
+        steps: list[tuple[str, Callable[[Running], RoundResult | None]]] = [
+            ("full_hs", self.full_handshakes),
+            ("resumed_hs", self.resumed_handshakes),
+            ("keepalive", self.keepalive),
+            ("download", self.download),
+            ("upload", self.upload),
+        ]
+        for number in range(1, self.plan.rounds + 1):
+            log(f"[{self.target.name}] round {number}/{self.plan.rounds}")
+            for metric, step in steps:
+                if not self.alive(running):
+                    return
+                outcome = step(running)
+                if outcome is not None:
+                    self.result.metrics.setdefault(metric, []).append(outcome)
+
+    def full_handshakes(self, running: Running) -> RoundResult | None:
+        return self.new_connections(
+            running, self.plan.load_cpus, self.plan.s_time_processes, "full_hs"
+        )
+
+    def new_connections(
+        self, running: Running, cpus: str | None, processes: int, metric: str
+    ) -> RoundResult | None:
+        def action() -> tuple[float, float, dict[str, float | int | str]]:
+            got = loadgen.run_s_time(running.port, False, self.plan.duration, processes, cpus)
+            return (
+                got.per_second,
+                got.connections,
+                {"full": got.full, "resumed": got.resumed, "failures": "; ".join(got.failures)},
+            )
+
+        outcome = measure(running, action)
+        if not outcome.units:
+            self.result.fail(metric, f"no connection completed: {outcome.extra['failures']}")
+            return None
+        if outcome.extra["resumed"]:  # -new must never resume: the figure would be wrong
+            self.result.fail(metric, f"{outcome.extra['resumed']} of -new connections resumed")
+        return outcome
+
+    def resumed_handshakes(self, running: Running) -> RoundResult | None:
+        def action() -> tuple[float, float, dict[str, float | int | str]]:
+            got = loadgen.run_s_time(
+                running.port,
+                True,
+                self.plan.duration,
+                self.plan.s_time_processes,
+                self.plan.load_cpus,
+            )
+            return (
+                got.resumed / got.seconds if got.seconds else 0.0,
+                got.connections,
+                {"full": got.full, "resumed": got.resumed, "failures": "; ".join(got.failures)},
+            )
+
+        outcome = measure(running, action)
+        if not outcome.units:
+            self.result.fail("resumed_hs", f"no connection completed: {outcome.extra['failures']}")
+            return None
+        if not outcome.extra["resumed"]:
+            self.result.fail("resumed_hs", f"no resumption: 0 of {outcome.units:.0f} reused")
+            return None
+        return outcome
+
+    def keepalive(self, running: Running) -> RoundResult | None:
+        def action() -> tuple[float, float, dict[str, float | int | str]]:
+            got = loadgen.run_wrk(
+                running.port, self.plan.duration, self.plan.wrk_connections, self.plan.load_cpus
+            )
+            return (
+                got.requests_per_second,
+                got.requests,
+                {
+                    "p50_ms": got.p50_ms,
+                    "p99_ms": got.p99_ms,
+                    "errors": got.errors,
+                    "tail": got.raw_tail,
+                },
+            )
+
+        outcome = measure(running, action)
+        if not outcome.units:
+            self.result.fail("keepalive", f"wrk completed no request: {outcome.extra['tail']}")
+            return None
+        if outcome.extra["errors"]:
+            self.result.fail("keepalive", f"wrk reported {outcome.extra['errors']} errors")
+        return outcome
+
+    def bulk(
+        self, running: Running, metric: str, transfer: Callable[[], loadgen.BulkResult]
+    ) -> RoundResult | None:
+        def action() -> tuple[float, float, dict[str, float | int | str]]:
+            got = transfer()
+            return (
+                got.mb_per_second,
+                got.transferred / 1e6 if got.ok else 0.0,
+                {"detail": got.detail},
+            )
+
+        outcome = measure(running, action)
+        if not outcome.units:
+            self.result.fail(metric, f"transfer failed: {outcome.extra['detail']}")
+            return None
+        return outcome
+
+    def download(self, running: Running) -> RoundResult | None:
+        return self.bulk(
+            running,
+            "download",
+            lambda: loadgen.curl_download(running.port, self.plan.bulk_bytes, self.plan.load_cpus),
+        )
+
+    def upload(self, running: Running) -> RoundResult | None:
+        return self.bulk(
+            running,
+            "upload",
+            lambda: loadgen.curl_upload(running.port, self.upload_file, self.plan.load_cpus),
+        )
+
+    def hold_connections(self, running: Running) -> None:
+        """RSS growth of the target's processes per idle established TLS connection."""
+        if not self.alive(running) or not self.plan.hold_levels:
+            return
+        time.sleep(0.5)
+        base = procstat.sample(running.proc.pid).rss
+        holder = loadgen.HeldConnections(running.port, self.plan.load_cpus)
+        try:
+            for level in self.plan.hold_levels:
+                wanted = level - holder.established - holder.failed - holder.unfinished
+                log(f"[{self.target.name}] holding {level} connections")
+                holder.add(wanted, timeout=max(60.0, wanted / 40))
+                time.sleep(1.0)  # let the target finish settling the last connections
+                rss = procstat.sample(running.proc.pid).rss
+                self.result.memory.append(
+                    {
+                        "level": level,
+                        "established": holder.established,
+                        "failed": holder.failed,
+                        "unfinished": holder.unfinished,
+                        "rss_base": base,
+                        "rss": rss,
+                        "per_connection": (rss - base) / holder.established
+                        if holder.established
+                        else float("nan"),
+                        "errors": "; ".join(f"{n}× {e}" for e, n in holder.errors.items()),
+                        "alive": str(running.proc.poll() is None),
+                    }
+                )
+                if not self.alive(running):
+                    return
+        finally:
+            holder.close()
+
+    def scaling(self) -> None:
+        """Full handshakes/s with 1 and 2 workers, nothing pinned (both cores shared)."""
+        for workers in (1, 2):
+            try:
+                running = self.start(workers=workers, cpus=None)
+            except RuntimeError as error:
+                self.result.fail(f"scaling_w{workers}", f"failed to start: {error}")
+                continue
+            try:
+                loadgen.run_s_time(running.port, False, 1, 1, None)  # warm-up
+                for _ in range(self.plan.scaling_rounds):
+                    if not self.alive(running):
+                        break
+                    outcome = self.new_connections(
+                        running, None, 2 * self.plan.s_time_processes, f"scaling_w{workers}"
+                    )
+                    if outcome is not None:
+                        self.result.scaling.setdefault(f"w{workers}", []).append(outcome)
+            finally:
+                running.stop()
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    plan = Plan()
+    if args.quick:
+        plan = Plan(
+            rounds=2,
+            duration=1,
+            bulk_bytes=16 * 1024 * 1024,
+            hold_levels=(100, 1000),
+            scaling_rounds=1,
+        )
+    if args.rounds is not None:
+        plan.rounds = args.rounds
+    if args.duration is not None:
+        plan.duration = args.duration
+    if args.hold is not None:
+        plan.hold_levels = tuple(int(n) for n in args.hold.split(",") if n)
+    if (os.cpu_count() or 1) < 2 or args.no_pin:
+        plan.target_cpus = plan.load_cpus = None
+        plan.notes.append("no CPU pinning (fewer than 2 CPUs or --no-pin)")
+    # Each proxied connection holds two descriptors (client + backend) in the target.
+    fd_cap = (nofile_hard_limit() - 256) // 2
+    if any(level > fd_cap for level in plan.hold_levels):
+        plan.hold_levels = tuple(min(level, fd_cap) for level in plan.hold_levels)
+        plan.notes.append(
+            f"held connections capped at {fd_cap}: RLIMIT_NOFILE hard limit is "
+            f"{nofile_hard_limit()} here and each proxied connection needs 2 descriptors"
+        )
+    return plan
+
+
+def machine_notes(plan: Plan) -> dict[str, str]:
+    def version(command: list[str]) -> str:
+        if shutil.which(command[0]) is None:
+            return "not installed"
+        done = subprocess.run(command, capture_output=True, timeout=10, check=False)
+        text = (done.stdout or done.stderr).decode(errors="replace").strip()
+        return text.splitlines()[0] if text else "?"
+
+    cpu = "?"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            cwd=Path(__file__).parent,
+            check=False,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit or "?",
+        "cpu": f"{cpu}, {os.cpu_count()} CPUs",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "openssl": version(["openssl", "version"]),
+        "hitch": version(["/usr/sbin/hitch", "--version"]),
+        "wrk": version(["wrk", "-v"]),
+        "curl": version(["curl", "--version"]),
+        "pinning": (
+            f"target on CPU {plan.target_cpus}, load generators and backend on CPU {plan.load_cpus}"
+            if plan.target_cpus
+            else "none"
+        ),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, help="rounds per metric (default 3; quick 2)")
+    parser.add_argument("--duration", type=int, help="seconds per load run (default 3; quick 1)")
+    parser.add_argument(
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated, first = the subject of the ratios (known: {', '.join(TARGETS)})",
+    )
+    parser.add_argument("--quick", action="store_true", help="short run (< 2 minutes)")
+    parser.add_argument("--hold", help="held-connection levels, e.g. 1000,10000")
+    parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path(__file__).parent / "out",
+        help="where the JSON and Markdown of this run go",
+    )
+    parser.add_argument(
+        "--results", type=Path, help="also write the Markdown report here (e.g. bench/RESULTS.md)"
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.targets.split(",") if name not in TARGETS]
+    if unknown:
+        parser.error(f"unknown target(s): {', '.join(unknown)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = build_plan(args)
+    names = [name for name in args.targets.split(",") if name]
+    command = "python3 bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="tls13-bench-"))
+    backend = None
+    results: list[TargetResult] = []
+    try:
+        material = certmaterial.write_material(workdir)
+        upload_file = workdir / "upload.bin"
+        with open(upload_file, "wb") as out:
+            out.truncate(plan.bulk_bytes)  # sparse file: reading it costs no disk I/O
+        backend, backend_port = start_backend(workdir, plan.load_cpus)
+        for name in names:
+            bench = TargetBench(TARGETS[name], plan, material, workdir, backend_port, upload_file)
+            try:
+                results.append(bench.run())
+            except Exception as error:  # one broken target must not lose the others' figures
+                bench.result.error = f"harness error: {type(error).__name__}: {error}"
+                results.append(bench.result)
+            if bench.result.error:
+                log(f"[{name}] {bench.result.error.splitlines()[0]}")
+    finally:
+        if backend is not None:
+            backend.terminate()
+            backend.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    notes = machine_notes(plan)
+    markdown = render_markdown(results, plan, notes, command, elapsed)
+    print(markdown)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (args.out_dir / f"run-{stamp}.md").write_text(markdown)
+    (args.out_dir / f"run-{stamp}.json").write_text(
+        json.dumps(
+            {
+                "command": command,
+                "machine": notes,
+                "plan": asdict(plan),
+                "elapsed": elapsed,
+                "results": [asdict(result) for result in results],
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    if args.results:
+        args.results.write_text(markdown)
+    return 0 if any(not result.error for result in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
