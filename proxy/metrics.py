@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -822,8 +823,12 @@ def exposition_registry() -> CollectorRegistry:
     return exposed
 
 
-def start_metrics_server(address: str | tuple[str, int] = DEFAULT_ADDRESS) -> MetricsServer:
+def start_metrics_server(
+    address: str | tuple[str, int] | socket.socket = DEFAULT_ADDRESS,
+) -> MetricsServer:
     """Serve ``/metrics`` on ``address`` ("host:port", "[::1]:port") from a background thread.
+
+    ``address`` may also be an already bound listening socket (systemd socket activation).
 
     Call it in the parent after :func:`setup_multiprocess`; ``close()`` the result at shutdown.
     Workers forked later do not keep the port (see ``proxy.metrics_http``).

@@ -97,6 +97,22 @@ def _make_app(registry_provider: Callable[[], CollectorRegistry]) -> Callable[..
     return app
 
 
+def _adopt_socket(sock: socket.socket, app: Callable[..., Iterable[bytes]]) -> WSGIServer:
+    """Serve on a socket bound elsewhere (systemd socket activation: ``systemd:NAME``)."""
+    server_class = type("_AdoptedServer", (_ThreadingServer,), {"address_family": sock.family})
+    server: WSGIServer = server_class(
+        sock.getsockname()[:2], _QuietHandler, bind_and_activate=False
+    )
+    server.socket.close()
+    server.socket = sock
+    sock.listen(socket.SOMAXCONN)  # harmless if systemd already listens
+    server.server_name = "metrics"
+    server.server_port = int(sock.getsockname()[1])
+    server.setup_environ()
+    server.set_app(app)
+    return server
+
+
 _LIVE_SERVERS: weakref.WeakSet[MetricsServer] = weakref.WeakSet()
 
 
@@ -104,15 +120,19 @@ class MetricsServer:
     """A running metrics endpoint; ``address`` is the bound (host, port)."""
 
     def __init__(
-        self, address: str | tuple[str, int], registry_provider: Callable[[], CollectorRegistry]
+        self,
+        address: str | tuple[str, int] | socket.socket,
+        registry_provider: Callable[[], CollectorRegistry],
     ) -> None:
-        host, port = parse_address(address)
-        server_class = type(
-            "_BoundServer", (_ThreadingServer,), {"address_family": _family_for(host)}
-        )
-        self._server: WSGIServer = make_server(
-            host, port, _make_app(registry_provider), server_class, handler_class=_QuietHandler
-        )
+        app = _make_app(registry_provider)
+        if isinstance(address, socket.socket):
+            self._server = _adopt_socket(address, app)
+        else:
+            host, port = parse_address(address)
+            server_class = type(
+                "_BoundServer", (_ThreadingServer,), {"address_family": _family_for(host)}
+            )
+            self._server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
         self._server.socket.set_inheritable(False)
         bound: tuple[Any, ...] = self._server.socket.getsockname()
         self.address: tuple[str, int] = (str(bound[0]), int(bound[1]))

@@ -379,3 +379,15 @@ def test_promtool_accepts_sample_process_output() -> None:
         == 1
     )
     assert exposition.value("tls13proxy_backend_up", pool="web", server="10.0.0.2:8080") == 0
+
+
+def test_endpoint_adopts_a_socket_bound_elsewhere() -> None:
+    """systemd socket activation hands over a bound, listening socket ("systemd:NAME")."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    with metrics.start_metrics_server(sock) as server:
+        assert server.address == ("127.0.0.1", port)
+        assert "tls13proxy_build_info" in scrape(port)
+    assert sock.fileno() == -1, "closing the server closes the adopted socket"
