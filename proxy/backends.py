@@ -19,43 +19,11 @@ from typing import Literal
 
 import trio
 
+from proxy.settings import BackendAddress, PoolSettings
+
 log = logging.getLogger(__name__)
 
-AddressKind = Literal["tcp", "unix", "demo"]
 Balance = Literal["round_robin", "least_connections"]
-
-
-@dataclass(frozen=True)
-class BackendAddress:
-    """Where a backend server listens."""
-
-    kind: AddressKind
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> BackendAddress:
-        """``host:port``, ``[v6]:port``, ``unix:/path`` or ``demo``."""
-        if text == "demo":
-            return cls("demo")
-        if text.startswith("unix:"):
-            path = text[5:]
-            if not path:
-                raise ValueError(f"empty unix socket path in {text!r}")
-            return cls("unix", path=path)
-        host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"backend address {text!r} is not host:port")
-        return cls("tcp", host=host.removeprefix("[").removesuffix("]"), port=int(port))
-
-    def __str__(self) -> str:
-        if self.kind == "unix":
-            return f"unix:{self.path}"
-        if self.kind == "demo":
-            return "demo"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -67,7 +35,7 @@ class PoolOptions:
     retries: int = 2
     max_fails: int = 3
     eject_seconds: float = 30.0
-    proxy_protocol: Literal["", "v1", "v2"] = ""
+    proxy_protocol: int = 0  # PROXY protocol version sent to the backend (0 = none)
 
 
 @dataclass
@@ -233,3 +201,16 @@ def leased(lease: BackendLease) -> Iterator[BackendLease]:
         yield lease
     finally:
         lease.release()
+
+
+def pool_from_settings(
+    settings: PoolSettings, in_process: InProcessBackends | None = None
+) -> BackendPool:
+    """The runtime pool for a configured ``[backends.NAME]`` table."""
+    options = PoolOptions(
+        balance="least_connections" if settings.balancing == "least_connections" else "round_robin",
+        connect_timeout=settings.connect_timeout,
+        retries=settings.retries,
+        proxy_protocol=settings.proxy_protocol,
+    )
+    return BackendPool(settings.name, settings.servers, options, in_process)

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from proxy import proxyprotocol
 from proxy.backends import BackendError, BackendLease, BackendPool, NoHealthyBackend, leased
 from proxy.routing import Route, RouteTable
 from proxy.tlsstream import TLSStreamError, TLSTruncated
+
+if TYPE_CHECKING:
+    from tls13.events import HandshakeComplete
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,11 @@ class SessionInfo:
     signature_scheme: str = ""
     resumed: bool = False
     early_data: bool = False
+    offered_early_data: bool = False
     hello_retry: bool = False
     client_subject: str = ""
+    # The engine's HandshakeComplete event (None without TLS): PROXY v2 TLVs come from it.
+    handshake: HandshakeComplete | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -82,6 +89,7 @@ class ConnectionRecord:
     bytes_to_client: int = 0
     outcome: str = "open"
     detail: str = ""
+    alert_by_peer: bool = False
 
     def finish(self, outcome: str, detail: str = "") -> None:
         """Keep the first meaningful outcome: later cleanup must not overwrite the cause."""
@@ -91,6 +99,8 @@ class ConnectionRecord:
 
 class ConnectionObserver(Protocol):
     """Where connection facts go (metrics and access log are wired in by the daemon)."""
+
+    def connection_opened(self, record: ConnectionRecord) -> None: ...
 
     def handshake_done(self, record: ConnectionRecord) -> None: ...
 
@@ -103,9 +113,6 @@ class Timeouts:
     idle: float = 300.0
 
 
-ProxyHeaderBuilder = Callable[[BackendPool, ConnectionRecord, Established], bytes]
-
-
 @dataclass(frozen=True)
 class ListenerRuntime:
     """A listener's behaviour for new connections; reload swaps in a whole new instance."""
@@ -116,7 +123,6 @@ class ListenerRuntime:
     pools: Mapping[str, BackendPool]
     timeouts: Timeouts
     observer: ConnectionObserver
-    proxy_header: ProxyHeaderBuilder | None = None
 
 
 def describe_session(info: SessionInfo) -> dict[str, str]:
@@ -154,6 +160,7 @@ def new_record(listener: str, transport: trio.SocketStream) -> ConnectionRecord:
 async def handle_connection(transport: trio.SocketStream, runtime: ListenerRuntime) -> None:
     """The whole life of one accepted connection; never raises for per-connection failures."""
     record = new_record(runtime.name, transport)
+    runtime.observer.connection_opened(record)
     try:
         await _serve(transport, runtime, record)
     except trio.Cancelled:
@@ -176,12 +183,8 @@ async def _serve(
     if established is None:
         return
     async with established.stream as client:
-        route = runtime.routes.match(established.info.server_name, established.info.alpn)
+        route = _route(runtime.routes, established.info, record)
         if route is None:
-            record.finish("no_route", f"sni={established.info.server_name!r}")
-            log.warning(
-                "no route for SNI %r ALPN %r", established.info.server_name, established.info.alpn
-            )
             return
         lease = await _connect_backend(route, runtime, record, established)
         if lease is None:
@@ -189,6 +192,20 @@ async def _serve(
         with leased(lease):
             async with lease.stream as backend:
                 await _relay(client, backend, established, runtime, record, lease)
+
+
+def _route(routes: RouteTable, info: SessionInfo, record: ConnectionRecord) -> Route | None:
+    """The route for the negotiated name and protocol, enforcing per-route client auth."""
+    route = routes.match(info.server_name, info.alpn)
+    if route is None:
+        record.finish("no_route", f"sni={info.server_name!r} alpn={info.alpn!r}")
+        log.warning("no route for SNI %r ALPN %r", info.server_name, info.alpn)
+        return None
+    if route.require_client_certificate and not info.client_subject:
+        record.route = route.name
+        record.finish("client_certificate_required", f"route {route.name}")
+        return None
+    return route
 
 
 async def _establish(
@@ -204,6 +221,7 @@ async def _establish(
         return None
     except TLSStreamError as exc:
         alert = getattr(exc.tls_error, "alert", None)
+        record.alert_by_peer = bool(getattr(exc.tls_error, "sent_by_peer", False))
         record.finish("tls_error", getattr(alert, "name", "") or str(exc))
         return None
     except STREAM_ERRORS as exc:
@@ -243,19 +261,38 @@ async def _relay(
     lease: BackendLease,
 ) -> None:
     """Send the PROXY header and held early data, then pump both ways until both end."""
-    preamble = b""
-    if runtime.proxy_header is not None:
-        preamble += runtime.proxy_header(runtime.pools[record.pool], record, established)
-    preamble += established.early_data
+    pool = runtime.pools[record.pool]
+    preamble = proxy_header(pool.options.proxy_protocol, record) + established.early_data
     record.bytes_from_client += len(established.early_data)
     try:
         if preamble:
             await backend.send_all(preamble)
     except STREAM_ERRORS as exc:
         record.finish("backend_error", str(exc))
-        runtime.pools[record.pool].record_failure(lease.server, f"write failed: {exc}")
+        pool.record_failure(lease.server, f"write failed: {exc}")
         return
     await splice(client, backend, runtime.timeouts.idle, record)
+
+
+def proxy_header(version: int, record: ConnectionRecord) -> bytes:
+    """The PROXY protocol header for the backend: v1 line, or v2 with the TLS TLVs.
+
+    The 0-RTT marker TLV says the first bytes arrived as early data; we forward them only
+    after the handshake completed, so they are not replayable through us.
+    """
+    if version == 0:
+        return b""
+    source = (record.client_address, record.client_port) if record.client_port else None
+    destination = (record.local_address, record.local_port) if record.local_port else None
+    if version == 1:
+        return proxyprotocol.encode_v1(source, destination)
+    session = record.session
+    tlvs: list[proxyprotocol.TLV] = []
+    if session is not None and session.handshake is not None:
+        tlvs = proxyprotocol.tlvs_for_handshake(session.handshake, early_data=session.early_data)
+    elif session is not None:
+        tlvs = proxyprotocol.tls_tlvs(alpn=session.alpn, authority=session.server_name)
+    return proxyprotocol.encode_v2(source, destination, tlvs)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import trio
 
 from proxy.backends import BackendPool, BackendServer
+from proxy.settings import HealthCheckSettings
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +128,16 @@ class HealthChecker:
         )
         if self.on_change is not None:
             self.on_change(self.pool, server, healthy)
+
+
+def options_from_settings(settings: HealthCheckSettings) -> HealthCheckOptions:
+    """Health-check behaviour for a pool's ``health`` table (``type = "http"`` adds a GET)."""
+    return HealthCheckOptions(
+        interval=settings.interval,
+        timeout=settings.timeout,
+        rise=settings.rise,
+        fall=settings.fall,
+        http_path=settings.path if settings.type == "http" else "",
+        http_host=settings.host or "localhost",
+        expect_status=(settings.expect_status, settings.expect_status),
+    )

@@ -13,19 +13,21 @@ because they are decided before ALPN is negotiated; ``routes_for_name`` serves t
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from proxy.settings import ListenerSettings, RouteSettings, Settings
 
 
 @dataclass(frozen=True)
 class Route:
-    """One routing rule; ``tls`` carries opaque per-route TLS overrides for the TLS layer."""
+    """One routing rule, with the per-route TLS requirements the TLS layer enforces."""
 
     name: str
     pool: str
     server_names: tuple[str, ...] = ()
     alpn: tuple[str, ...] = ()
     allow_early_data: bool = False
-    tls: object | None = field(default=None, compare=False)
+    require_client_certificate: bool = False
 
 
 def normalize_name(name: str) -> str:
@@ -106,3 +108,25 @@ def _unique(items: Iterable[str]) -> list[str]:
     for item in items:
         seen.setdefault(item, None)
     return list(seen)
+
+
+def route_from_settings(settings: RouteSettings) -> Route:
+    return Route(
+        settings.name,
+        settings.pool,
+        settings.server_names,
+        settings.alpn,
+        allow_early_data=settings.early_data,
+        require_client_certificate=settings.client_certificate_required,
+    )
+
+
+def table_for_listener(settings: Settings, listener: ListenerSettings) -> RouteTable:
+    """The listener's routes in its order; the ``default = true`` route is the fallback.
+
+    A default route that also names server names takes part in normal matching as well.
+    """
+    configured = settings.routes_for(listener)
+    default = next((r for r in configured if r.default), None)
+    ordinary = [route_from_settings(r) for r in configured if not r.default or r.server_names]
+    return RouteTable(ordinary, route_from_settings(default) if default is not None else None)

@@ -7,6 +7,7 @@ import hashlib
 import socket
 import struct
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -40,6 +41,10 @@ class SlowTerminator:
 class RecordingObserver:
     finished: list[ConnectionRecord] = field(default_factory=list)
     handshakes: int = 0
+    opened: int = 0
+
+    def connection_opened(self, record: ConnectionRecord) -> None:
+        self.opened += 1
 
     def handshake_done(self, record: ConnectionRecord) -> None:
         self.handshakes += 1
@@ -69,7 +74,7 @@ class EchoServer:
                 pass
 
     async def start(self, nursery: trio.Nursery) -> int:
-        listeners = await nursery.start(trio.serve_tcp, self.handler, 0, "127.0.0.1")
+        listeners = await nursery.start(partial(trio.serve_tcp, self.handler, 0, host="127.0.0.1"))
         self.port = listeners[0].socket.getsockname()[1]
         return self.port
 
@@ -94,7 +99,7 @@ class SlowReader:
                 pass
 
     async def start(self, nursery: trio.Nursery) -> int:
-        listeners = await nursery.start(trio.serve_tcp, self.handler, 0, "127.0.0.1")
+        listeners = await nursery.start(partial(trio.serve_tcp, self.handler, 0, host="127.0.0.1"))
         self.port = listeners[0].socket.getsockname()[1]
         return self.port
 

@@ -12,10 +12,11 @@ import trio
 from cryptography import x509
 
 from proxy import selfsigned
-from proxy.backends import BackendAddress, BackendPool, NoHealthyBackend, PoolOptions
+from proxy.backends import BackendPool, NoHealthyBackend, PoolOptions
 from proxy.demo import HTTPError, parse_head, render_page
 from proxy.health import HealthChecker, HealthCheckOptions, _status_ok
 from proxy.routing import Route, RouteTable
+from proxy.settings import BackendAddress
 
 # -- routing ------------------------------------------------------------------------------
 
@@ -125,26 +126,6 @@ def test_demo_rejects_malformed(head: bytes, status: int) -> None:
 
 
 # -- backends -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "text,expected",
-    [
-        ("127.0.0.1:80", BackendAddress("tcp", "127.0.0.1", 80)),
-        ("[::1]:8080", BackendAddress("tcp", "::1", 8080)),
-        ("unix:/run/app.sock", BackendAddress("unix", path="/run/app.sock")),
-        ("demo", BackendAddress("demo")),
-    ],
-)
-def test_backend_address_parse_roundtrip(text: str, expected: BackendAddress) -> None:
-    assert BackendAddress.parse(text) == expected
-    assert str(expected) == text
-
-
-@pytest.mark.parametrize("text", ["nohost", "h:0", "h:99999", "unix:", "h:x"])
-def test_backend_address_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        BackendAddress.parse(text)
 
 
 def pool_of(n: int, balance: str = "round_robin", clock: list[float] | None = None) -> BackendPool:

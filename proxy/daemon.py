@@ -1,0 +1,474 @@
+"""The daemon: bind, build, serve, reload on SIGHUP, drain on SIGTERM/SIGINT.
+
+``run(settings, config_path)`` is the entry point. With ``workers = 1`` this process serves;
+with more, ``proxy.workers`` supervises worker processes that each run :class:`ProxyProcess`
+on sockets the parent bound.
+
+A *generation* is everything built from one configuration: TLS configs (certificates read
+from disk), route tables, backend pools and their health checks. SIGHUP builds the next
+generation completely before swapping it in, so an invalid configuration or an unreadable key
+is rejected (logged, counted) while the old generation keeps serving; connections already
+running keep the generation they started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from proxy import metrics, systemd
+from proxy.accesslog import AccessLog, AccessRecord, configure_logging
+from proxy.backends import BackendPool, InProcessBackends, pool_from_settings
+from proxy.connection import ConnectionRecord, ListenerRuntime, Timeouts
+from proxy.demo import serve_demo
+from proxy.health import HealthChecker, options_from_settings
+from proxy.listener import ConnectionTracker, Listener, bind_addresses, to_trio
+from proxy.privileges import drop_privileges
+from proxy.routing import table_for_listener
+from proxy.settings import (
+    ConfigError,
+    ListenerSettings,
+    Settings,
+    embedded_default,
+    reload_settings,
+)
+
+if TYPE_CHECKING:
+    from tls13 import TicketKeyring
+
+log = logging.getLogger(__name__)
+
+ListenerSockets = dict[str, list[socket.socket]]
+RELOAD_ERRORS = (ConfigError, OSError, ValueError)
+
+
+# -- binding ------------------------------------------------------------------------------
+
+
+def bind_listeners(
+    settings: Settings, reuse_port: bool = False, activated: Sequence[socket.socket] = ()
+) -> ListenerSockets:
+    """Listening sockets per listener: systemd-activated ones by name, else bound here."""
+    by_name = _activated_by_name(activated)
+    bound: ListenerSockets = {}
+    try:
+        for listener in settings.listeners:
+            bound[listener.name] = _sockets_for(listener, reuse_port, by_name, activated)
+    except BaseException:
+        for sockets in bound.values():
+            for sock in sockets:
+                sock.close()
+        raise
+    return bound
+
+
+def _activated_by_name(activated: Sequence[socket.socket]) -> dict[str, list[socket.socket]]:
+    names: dict[str, list[socket.socket]] = {}
+    for sock in activated:
+        names.setdefault(getattr(sock, "fd_name", ""), []).append(sock)
+    return names
+
+
+def _sockets_for(
+    listener: ListenerSettings,
+    reuse_port: bool,
+    activated_by_name: Mapping[str, list[socket.socket]],
+    activated: Sequence[socket.socket],
+) -> list[socket.socket]:
+    sockets: list[socket.socket] = []
+    for address in listener.addresses:
+        if address.systemd_name is not None:
+            chosen = activated_by_name.get(address.systemd_name, []) if address.systemd_name else []
+            sockets.extend(chosen or list(activated))
+            continue
+        sockets.extend(bind_addresses(address.host, address.port, listener.backlog, reuse_port))
+    for sock in sockets:
+        sock.setblocking(False)
+    return sockets
+
+
+def listener_shape(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """What needs new sockets when it changes: each listener's addresses (and backlog)."""
+    return {
+        item.name: tuple(str(a) for a in item.addresses) + (str(item.backlog),)
+        for item in settings.listeners
+    }
+
+
+# -- observing connections: metrics and the access log ------------------------------------
+
+
+@dataclass
+class DaemonObserver:
+    """Feeds each connection's facts to the metrics and the access log."""
+
+    access_log: AccessLog | None
+    _open: dict[int, metrics.ConnectionMetrics] = field(default_factory=dict)
+
+    def connection_opened(self, record: ConnectionRecord) -> None:
+        self._open[id(record)] = metrics.ConnectionMetrics(record.listener)
+
+    def handshake_done(self, record: ConnectionRecord) -> None:
+        accounting = self._open.get(id(record))
+        session = record.session
+        if accounting is not None and session is not None and session.handshake is not None:
+            accounting.handshake_completed(
+                session.handshake, offered_early_data=session.offered_early_data
+            )
+
+    def connection_finished(self, record: ConnectionRecord) -> None:
+        accounting = self._open.pop(id(record), None)
+        if accounting is not None:
+            self._account(accounting, record)
+        if self.access_log is not None:
+            self.access_log.write(access_record(record))
+
+    def _account(self, accounting: metrics.ConnectionMetrics, record: ConnectionRecord) -> None:
+        accounting.add_received(record.bytes_from_client)
+        accounting.add_sent(record.bytes_to_client)
+        if record.outcome == "handshake_timeout":
+            accounting.handshake_failed("timeout")
+            metrics.limit_hit("handshake_timeout")
+        elif record.outcome == "tls_error":
+            accounting.handshake_failed(record.detail, by_peer=record.alert_by_peer)
+        elif record.session is None:
+            reason = "shutdown" if record.outcome == "shutdown" else "connection_error"
+            accounting.handshake_failed(reason)
+        if record.outcome in ("no_route", "no_backend", "backend_unavailable"):
+            metrics.connection_rejected(record.listener, record.outcome)
+        if record.outcome == "client_certificate_required":
+            metrics.connection_rejected(record.listener, "client_certificate")
+        accounting.close()
+
+
+def access_record(record: ConnectionRecord) -> AccessRecord:
+    session = record.session
+    port = f":{record.client_port}" if record.client_port else ""
+    host = f"[{record.client_address}]" if ":" in record.client_address else record.client_address
+    return AccessRecord(
+        client=f"{host}{port}" if host else None,
+        listener=record.listener,
+        sni=session.server_name if session else None,
+        alpn=session.alpn if session else None,
+        version=session.version if session else None,
+        cipher=session.cipher if session else None,
+        group=session.group if session else None,
+        resumed=session.resumed if session else None,
+        hello_retry=session.hello_retry if session else None,
+        early_data=session.early_data if session else None,
+        client_cn=session.client_subject or None if session else None,
+        route=record.route or None,
+        backend=record.backend or None,
+        bytes_in=record.bytes_from_client,
+        bytes_out=record.bytes_to_client,
+        duration=record.duration,
+        end=record.outcome,
+        error=record.detail or None,
+    )
+
+
+def refused_connection(listener: str) -> None:
+    log.warning("listener %s: connection limit reached; refusing a connection", listener)
+    metrics.connection_rejected(listener, "max_connections")
+    metrics.limit_hit("max_connections")
+
+
+# -- a generation -------------------------------------------------------------------------
+
+
+@dataclass
+class Generation:
+    """Everything built from one configuration."""
+
+    settings: Settings
+    pools: dict[str, BackendPool]
+    runtimes: dict[str, ListenerRuntime]
+    health: list[HealthChecker]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+def build_generation(
+    settings: Settings,
+    in_process: InProcessBackends,
+    observer: DaemonObserver,
+    ticket_keys: TicketKeyring | None,
+    listener_names: Sequence[str] | None = None,
+) -> Generation:
+    """Build (and validate by building) a generation; raises on unreadable keys etc."""
+    from proxy.tlsconfig import (
+        TLSTerminator,
+        build_server_config,  # the engine is needed only here
+    )
+
+    pools = {p.name: pool_from_settings(p, in_process) for p in settings.backends}
+    for pool in pools.values():
+        for server in pool.servers:
+            metrics.declare_backend(pool.name, str(server.address))
+    timeouts = Timeouts(settings.limits.handshake_timeout, settings.limits.idle_timeout)
+    runtimes: dict[str, ListenerRuntime] = {}
+    for listener in settings.listeners:
+        if listener_names is not None and listener.name not in listener_names:
+            continue
+        table = table_for_listener(settings, listener)
+        config = build_server_config(settings, listener, ticket_keys, table)
+        terminator = TLSTerminator(config)
+        runtimes[listener.name] = ListenerRuntime(
+            listener.name, terminator, table, pools, timeouts, observer
+        )
+        metrics.declare_listener(listener.name)
+    health = [
+        HealthChecker(pools[p.name], options_from_settings(p.health), _health_changed)
+        for p in settings.backends
+        if p.health.enabled
+    ]
+    return Generation(settings, pools, runtimes, health)
+
+
+def _health_changed(pool: BackendPool, server: object, up: bool) -> None:
+    metrics.set_backend_up(pool.name, str(getattr(server, "address", server)), up)
+
+
+async def _run_health(generation: Generation) -> None:
+    with generation.scope:
+        async with trio.open_nursery() as nursery:
+            for checker in generation.health:
+                nursery.start_soon(checker.run)
+
+
+# -- the serving process ------------------------------------------------------------------
+
+
+async def drain(
+    accept_scopes: Sequence[trio.CancelScope],
+    tracker: ConnectionTracker,
+    connections: trio.Nursery,
+    timeout: float,
+) -> None:
+    """Stop accepting, wait up to ``timeout`` for connections to finish, then cancel them."""
+    for scope in accept_scopes:
+        scope.cancel()
+    with trio.move_on_after(timeout):
+        await tracker.wait_idle()
+    if tracker.active:
+        log.warning("drain timeout: closing %d remaining connection(s)", tracker.active)
+    connections.cancel_scope.cancel()
+
+
+@dataclass
+class ProxyProcess:
+    """Serves the listeners of one process (the only one, or one worker)."""
+
+    settings: Settings
+    config_path: Path | None
+    sockets: ListenerSockets
+    ticket_keys: TicketKeyring | None = None
+    can_bind: bool = True
+    access_log: AccessLog | None = None
+    # (user, group) to switch to once the first generation has read its keys.
+    drop_to: tuple[str | None, str | None] = (None, None)
+    generation: Generation | None = None
+    _accept_scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
+    _listeners: dict[str, Listener] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.observer = DaemonObserver(self.access_log)
+        self.stopped = trio.Event()
+        self._stop = trio.Event()
+        self.tracker = ConnectionTracker(self.settings.limits.max_connections, refused_connection)
+
+    def runtime_for(self, name: str) -> ListenerRuntime:
+        assert self.generation is not None
+        return self.generation.runtimes[name]
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until SIGTERM/SIGINT (or ``stop``), reloading on SIGHUP."""
+        try:
+            await self._serve(task_status)
+        finally:
+            self.stopped.set()
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as root:
+                async with trio.open_nursery() as connections:
+                    self._root, self._connections = root, connections
+                    in_process = InProcessBackends(connections, {"demo": serve_demo})
+                    self._in_process = in_process
+                    self._install(self._build(self.settings))
+                    drop_privileges(*self.drop_to)
+                    for name in self.sockets:
+                        self._start_listener(name, self.sockets[name])
+                    root.start_soon(self._signals, signals)
+                    if self.can_bind:  # the only process: we own the systemd watchdog
+                        root.start_soon(systemd_watchdog)
+                    metrics.worker_started()
+                    systemd.notify_ready(self.status())
+                    task_status.started()
+                    await self._stop.wait()
+                    systemd.notify_stopping("draining connections")
+                    await drain(
+                        list(self._accept_scopes.values()),
+                        self.tracker,
+                        connections,
+                        self.settings.limits.drain_timeout,
+                    )
+                root.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def update_ticket_keys(self, keys: TicketKeyring) -> None:
+        """New ticket keys from the supervisor: rebuild so new connections use them."""
+        self.ticket_keys = keys
+        try:
+            self._install(self._build(self.settings))
+        except RELOAD_ERRORS as exc:
+            log.error("could not apply new ticket keys: %s", exc)
+
+    def status(self) -> str:
+        return f"serving {len(self._listeners)} listener(s), {self.tracker.active} connection(s)"
+
+    def _build(self, settings: Settings) -> Generation:
+        return build_generation(
+            settings, self._in_process, self.observer, self.ticket_keys, list(self.sockets)
+        )
+
+    def _install(self, generation: Generation) -> None:
+        old, self.generation = self.generation, generation
+        if old is not None:
+            old.scope.cancel()
+        self._root.start_soon(_run_health, generation)
+
+    def _start_listener(self, name: str, sockets: list[socket.socket]) -> None:
+        listener = Listener(name, to_trio(sockets), partial(self.runtime_for, name), self.tracker)
+        scope = trio.CancelScope()
+        self._listeners[name], self._accept_scopes[name] = listener, scope
+
+        async def accept() -> None:
+            with scope:
+                await listener.serve(self._connections)
+
+        self._connections.start_soon(accept)
+        for host, port in listener.addresses():
+            log.info("listener %s: accepting on %s port %d", name, host, port)
+
+    async def _signals(self, signals: trio.abc.ReceiveChannel[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                self.reload()
+            else:
+                log.info("received %s: draining", signal.Signals(signum).name)
+                self.stop()
+                return
+
+    def reload(self) -> bool:
+        """Load and build the next generation; keep the current one if anything fails."""
+        systemd.notify_reloading("reloading configuration")
+        try:
+            settings = self._load_next()
+            new_shape = listener_shape(settings)
+            if self.can_bind:
+                self._rebind(settings, new_shape)
+            generation = self._build(settings)
+        except RELOAD_ERRORS as exc:
+            log.error("configuration reload rejected; the running configuration stays: %s", exc)
+            metrics.config_reloaded(False)
+            systemd.notify_ready(self.status())
+            return False
+        for warning in settings.warnings:
+            log.warning("configuration: %s", warning)
+        self.settings = settings
+        self._install(generation)
+        metrics.config_reloaded(True)
+        log.info("configuration reloaded")
+        systemd.notify_ready(self.status())
+        return True
+
+    def _load_next(self) -> Settings:
+        if self.config_path is None:
+            return embedded_default(self.settings.global_.state_dir)
+        return reload_settings(self.config_path, self.settings)
+
+    def _rebind(self, settings: Settings, new_shape: dict[str, tuple[str, ...]]) -> None:
+        """Bind listeners that are new or moved (before swapping: a failure rejects the
+        reload); close the ones that went away or moved."""
+        old_shape = listener_shape(self.settings)
+        changed = [n for n in new_shape if old_shape.get(n) != new_shape[n]]
+        fresh = bind_listeners(
+            Settings(listeners=tuple(s for s in settings.listeners if s.name in changed))
+        )
+        for name in list(self.sockets):
+            if name not in new_shape or name in changed:
+                self._accept_scopes.pop(name).cancel()
+                self._listeners.pop(name)
+                del self.sockets[name]
+        for name, sockets in fresh.items():
+            self.sockets[name] = sockets
+            self._start_listener(name, sockets)
+
+
+async def systemd_watchdog() -> None:
+    """Ping the systemd watchdog at half its interval, if one was asked for."""
+    interval = systemd.watchdog_interval()
+    if interval is None:
+        return
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await trio.sleep(interval)
+
+
+# -- entry point --------------------------------------------------------------------------
+
+
+def _initial_keyring(settings: Settings) -> TicketKeyring | None:
+    from proxy.tlsconfig import initial_keys, keyring_from
+
+    keys = initial_keys(settings)
+    return keyring_from(keys) if keys else None
+
+
+def make_access_log(settings: Settings) -> AccessLog | None:
+    if not settings.global_.access_log:
+        return None
+    return AccessLog(settings.global_.log_format)
+
+
+def run(settings: Settings, config_path: Path | None) -> int:
+    """Run the daemon until told to stop; returns the process exit status."""
+    configure_logging(settings.global_.log_format, settings.global_.log_level)
+    for warning in settings.warnings:
+        log.warning("configuration: %s", warning)
+    if settings.global_.workers > 1:
+        from proxy.workers import supervise
+
+        return supervise(settings, config_path)
+    activated = systemd.listen_fds_with_names()
+    for name, sock in activated:
+        sock.fd_name = name  # type: ignore[attr-defined]
+    sockets = bind_listeners(settings, activated=[s for _, s in activated])
+    server = None
+    if settings.metrics.enabled:
+        server = metrics.start_metrics_server(str(settings.metrics.listen))
+    process = ProxyProcess(
+        settings,
+        config_path,
+        sockets,
+        ticket_keys=_initial_keyring(settings),
+        access_log=make_access_log(settings),
+        drop_to=(settings.global_.user, settings.global_.group),
+    )
+    metrics.config_loaded()
+    try:
+        trio.run(process.serve)
+    finally:
+        if server is not None:
+            server.close()
+    return 0

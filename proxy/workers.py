@@ -1,0 +1,348 @@
+"""Worker processes: a supervising parent and ``workers = N`` children sharing each port.
+
+The parent binds one socket per listener address *per worker slot* with SO_REUSEPORT, so
+the kernel spreads new connections over the workers, and hands each slot's sockets to its
+worker. Because the parent keeps the sockets open, a worker that crashes is replaced on the
+same sockets and connections queued meanwhile are not lost. The parent also owns the
+metrics endpoint (aggregating the workers' files), the systemd notifications and watchdog,
+and the session ticket keys, which it sends to every worker so a ticket issued by one worker
+resumes on any other.
+
+Signals: SIGHUP makes the parent validate the new configuration; if it is invalid the reload
+is rejected (logged, counted) and nothing changes. If it is valid and the listening addresses
+are the same, SIGHUP is relayed and each worker reloads in place (established connections
+stay). If addresses changed, a new generation of workers starts on new sockets and the old
+one drains. SIGTERM/SIGINT are relayed; the parent waits for the workers to drain.
+
+The control channel to a worker is its stdin: one JSON line to start (configuration path,
+state dir, socket descriptors, ticket keys), later lines with fresh ticket keys. EOF on it
+means the parent is gone, and the worker drains and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from proxy import metrics, systemd
+from proxy.daemon import (
+    ListenerSockets,
+    ProxyProcess,
+    bind_listeners,
+    listener_shape,
+    make_access_log,
+    systemd_watchdog,
+)
+from proxy.settings import ConfigError, Settings, embedded_default, load_settings, reload_settings
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_MIN = 0.5
+RESTART_BACKOFF_MAX = 30.0
+STABLE_AFTER = 10.0
+KILL_GRACE = 5.0
+
+
+# -- the parent ---------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerSlot:
+    """One worker position: its sockets (kept by the parent) and its current process."""
+
+    index: int
+    sockets: ListenerSockets
+    process: trio.Process | None = None
+    started: float = 0.0
+    failures: int = 0
+    retired: bool = False
+
+
+@dataclass
+class Supervisor:
+    settings: Settings
+    config_path: Path | None
+    ticket_keys: list[str] = field(default_factory=list)
+    slots: list[WorkerSlot] = field(default_factory=list)
+    stopping: bool = False
+    restarts: int = 0
+
+    def bootstrap(self, slot: WorkerSlot) -> tuple[bytes, list[int]]:
+        """The first control line for a worker and the descriptors it inherits."""
+        fds = {name: [s.fileno() for s in socks] for name, socks in slot.sockets.items()}
+        message = {
+            "slot": slot.index,
+            "config": str(self.config_path) if self.config_path is not None else None,
+            "state_dir": str(self.settings.global_.state_dir),
+            "listeners": fds,
+            "ticket_keys": self.ticket_keys,
+        }
+        return (json.dumps(message) + "\n").encode(), [fd for v in fds.values() for fd in v]
+
+    async def run_slot(self, slot: WorkerSlot) -> None:
+        """Keep a worker running in this slot, restarting it (with backoff) when it dies."""
+        while not self.stopping and not slot.retired:
+            line, fds = self.bootstrap(slot)
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "proxy.workers"],
+                stdin=subprocess.PIPE,
+                pass_fds=fds,
+                env=_worker_environment(),
+            )
+            slot.process, slot.started = process, time.monotonic()
+            assert process.stdin is not None
+            await process.stdin.send_all(line)
+            log.info("worker %d started (pid %d)", slot.index, process.pid)
+            status = await process.wait()
+            metrics.mark_worker_dead(process.pid)
+            await process.stdin.aclose()
+            if self.stopping or slot.retired:
+                return
+            await self._after_crash(slot, process.pid, status)
+
+    async def _after_crash(self, slot: WorkerSlot, pid: int, status: int) -> None:
+        uptime = time.monotonic() - slot.started
+        slot.failures = 0 if uptime > STABLE_AFTER else slot.failures + 1
+        delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_MIN * (2**slot.failures))
+        log.error(
+            "worker %d (pid %d) exited with status %d; restarting in %.1fs",
+            slot.index,
+            pid,
+            status,
+            delay if slot.failures else 0.0,
+        )
+        self.restarts += 1
+        metrics.worker_restarted()
+        if slot.failures:
+            await trio.sleep(delay)
+
+    def signal_workers(self, signum: int, slots: Sequence[WorkerSlot] | None = None) -> None:
+        for slot in self.slots if slots is None else slots:
+            if slot.process is not None and slot.process.returncode is None:
+                slot.process.send_signal(signum)
+
+    async def send_keys(self) -> None:
+        line = (json.dumps({"ticket_keys": self.ticket_keys}) + "\n").encode()
+        for slot in self.slots:
+            process = slot.process
+            if process is not None and process.returncode is None and process.stdin is not None:
+                try:
+                    await process.stdin.send_all(line)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+
+def _worker_environment() -> dict[str, str]:
+    """Workers inherit our environment minus what belongs to the parent alone."""
+    env = dict(os.environ)
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"):
+        env.pop(name, None)
+    return env
+
+
+def make_slots(
+    settings: Settings, count: int, activated: Sequence[socket.socket] = ()
+) -> list[WorkerSlot]:
+    """Bind every slot's sockets (SO_REUSEPORT); activated sockets are shared by all slots."""
+    return [
+        WorkerSlot(i, bind_listeners(settings, reuse_port=True, activated=activated))
+        for i in range(count)
+    ]
+
+
+def close_slot_sockets(slots: Sequence[WorkerSlot]) -> None:
+    for slot in slots:
+        for sockets in slot.sockets.values():
+            for sock in sockets:
+                sock.close()
+
+
+async def supervise_async(supervisor: Supervisor) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            for slot in supervisor.slots:
+                nursery.start_soon(supervisor.run_slot, slot)
+            nursery.start_soon(systemd_watchdog)
+            nursery.start_soon(_rotate_keys, supervisor)
+            systemd.notify_ready(f"{len(supervisor.slots)} workers")
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await _reload(supervisor, nursery)
+                    continue
+                log.info("received %s: stopping workers", signal.Signals(signum).name)
+                systemd.notify_stopping("draining workers")
+                supervisor.stopping = True
+                supervisor.signal_workers(signal.SIGTERM)
+                nursery.start_soon(
+                    _kill_after, supervisor, supervisor.settings.limits.drain_timeout
+                )
+                break
+            await _wait_all(supervisor)
+            nursery.cancel_scope.cancel()
+
+
+async def _wait_all(supervisor: Supervisor) -> None:
+    for slot in supervisor.slots:
+        if slot.process is not None:
+            await slot.process.wait()
+
+
+async def _kill_after(supervisor: Supervisor, drain_timeout: float) -> None:
+    await trio.sleep(drain_timeout + KILL_GRACE)
+    log.error("workers did not stop within the drain timeout; killing them")
+    supervisor.signal_workers(signal.SIGKILL)
+
+
+async def _reload(supervisor: Supervisor, nursery: trio.Nursery) -> None:
+    systemd.notify_reloading("validating configuration")
+    try:
+        new = _load_next(supervisor)
+    except (ConfigError, OSError, ValueError) as exc:
+        log.error("configuration reload rejected; workers keep the running one: %s", exc)
+        metrics.config_reloaded(False)
+        systemd.notify_ready()
+        return
+    if listener_shape(new) == listener_shape(supervisor.settings):
+        supervisor.settings = new
+        supervisor.signal_workers(signal.SIGHUP)
+        log.info("configuration valid; workers reload in place")
+    else:
+        _replace_generation(supervisor, new, nursery)
+    metrics.config_reloaded(True)
+    systemd.notify_ready(f"{len(supervisor.slots)} workers")
+
+
+def _load_next(supervisor: Supervisor) -> Settings:
+    if supervisor.config_path is None:
+        return embedded_default(supervisor.settings.global_.state_dir)
+    return reload_settings(supervisor.config_path, supervisor.settings)
+
+
+def _replace_generation(supervisor: Supervisor, new: Settings, nursery: trio.Nursery) -> None:
+    """Listening addresses changed: new workers on new sockets, the old ones drain."""
+    fresh = make_slots(new, len(supervisor.slots))
+    old = supervisor.slots
+    for slot in old:
+        slot.retired = True
+    supervisor.settings, supervisor.slots = new, fresh
+    for slot in fresh:
+        nursery.start_soon(supervisor.run_slot, slot)
+    for slot in old:
+        if slot.process is not None and slot.process.returncode is None:
+            slot.process.send_signal(signal.SIGTERM)
+    close_slot_sockets(old)
+    log.info("listening addresses changed: started a new generation of workers")
+
+
+async def _rotate_keys(supervisor: Supervisor) -> None:
+    """Generated ticket keys rotate on schedule; every worker gets the new set."""
+    from proxy.tlsconfig import generated_keys_enabled, rotate
+
+    if not generated_keys_enabled(supervisor.settings):
+        return
+    while True:
+        await trio.sleep(supervisor.settings.tls.tickets.rotation_interval)
+        supervisor.ticket_keys = rotate(supervisor.ticket_keys)
+        await supervisor.send_keys()
+
+
+def supervise(settings: Settings, config_path: Path | None) -> int:
+    """Parent entry: bind, start workers, supervise until stopped."""
+    from proxy.tlsconfig import initial_keys
+
+    activated = systemd.listen_fds_with_names()
+    for name, sock in activated:
+        sock.fd_name = name  # type: ignore[attr-defined]
+    slots = make_slots(settings, settings.global_.workers, [s for _, s in activated])
+    metrics_dir = tempfile.mkdtemp(prefix="tls13-proxy-metrics-")
+    metrics.setup_multiprocess(metrics_dir)
+    server = None
+    if settings.metrics.enabled:
+        server = metrics.start_metrics_server(str(settings.metrics.listen))
+    supervisor = Supervisor(settings, config_path, initial_keys(settings), slots)
+    metrics.config_loaded()
+    try:
+        trio.run(supervise_async, supervisor)
+    finally:
+        close_slot_sockets(supervisor.slots)
+        if server is not None:
+            server.close()
+        metrics.cleanup_multiprocess()
+    return 0
+
+
+# -- the worker ---------------------------------------------------------------------------
+
+
+def _adopt(fds: dict[str, list[int]]) -> ListenerSockets:
+    return {name: [socket.socket(fileno=fd) for fd in numbers] for name, numbers in fds.items()}
+
+
+def _worker_settings(message: dict[str, Any]) -> Settings:
+    if message["config"] is None:
+        return embedded_default(Path(message["state_dir"]))
+    return load_settings(message["config"])
+
+
+async def _control(process: ProxyProcess, stdin: trio.abc.ReceiveStream) -> None:
+    """Read later control lines (ticket keys); EOF means the parent died: drain and exit."""
+    from proxy.tlsconfig import keyring_from
+
+    buffer = b""
+    while chunk := await stdin.receive_some(65536):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            keys = json.loads(line).get("ticket_keys")
+            if keys:
+                process.update_ticket_keys(keyring_from(keys))
+    log.warning("supervisor went away; draining")
+    process.stop()
+
+
+async def worker_async(process: ProxyProcess) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(process.serve)
+        nursery.start_soon(_control, process, trio.lowlevel.FdStream(os.dup(0)))
+        await process.stopped.wait()
+        nursery.cancel_scope.cancel()
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    """Worker entry (``python -m proxy.workers``): bootstrap from stdin, then serve."""
+    from proxy.accesslog import configure_logging
+    from proxy.tlsconfig import keyring_from
+
+    argparse.ArgumentParser(prog="proxy.workers").parse_args(argv)
+    message = json.loads(sys.stdin.buffer.readline())
+    settings = _worker_settings(message)
+    configure_logging(settings.global_.log_format, settings.global_.log_level)
+    process = ProxyProcess(
+        settings,
+        Path(message["config"]) if message["config"] else None,
+        _adopt(message["listeners"]),
+        ticket_keys=keyring_from(message["ticket_keys"]) if message["ticket_keys"] else None,
+        can_bind=False,
+        access_log=make_access_log(settings),
+        drop_to=(settings.global_.user, settings.global_.group),
+    )
+    trio.run(worker_async, process)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(worker_main())
