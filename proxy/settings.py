@@ -410,7 +410,8 @@ class RouteSettings:
     """[routes.NAME]: which connections go to which backend pool.
 
     A route matches when the client's SNI matches one of ``server_names`` (exact beats
-    wildcard; empty = any name) and its negotiated ALPN protocol is in ``alpn`` (empty = any).
+    wildcard; empty = any name) and the negotiated ALPN protocol is in ``alpn`` (empty = any);
+    see "Routing" above for the order in which routes are tried.
     """
 
     name: str = internal(doc="The table's name.")
@@ -594,7 +595,8 @@ def build_section(
         try:
             values[f.name] = f.metadata["conv"].convert(raw[key], base_dir)
         except BadValue as exc:
-            where.at(key + exc.suffix).error(exc.message)
+            for problem in exc.all():
+                where.at(key + problem.suffix).error(problem.message)
             where.at(key).mark_invalid()
     return cls(**values)
 

@@ -28,10 +28,16 @@ AddressKind = Literal["tcp", "unix", "demo"]
 class BadValue(Exception):
     """A value that does not fit its setting; ``suffix`` extends the key path (``[1]``)."""
 
-    def __init__(self, message: str, suffix: str = "") -> None:
+    def __init__(self, message: str, suffix: str = "", more: Sequence[BadValue] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.suffix = suffix
+        #: Further independent problems in the same value (other elements of an array).
+        self.more = list(more)
+
+    def all(self) -> list[BadValue]:
+        """This problem and the ones found alongside it."""
+        return [self, *self.more]
 
 
 def type_name(value: object) -> str:
@@ -332,14 +338,18 @@ class ListOf(Converter[tuple[T, ...]]):
         if len(raw) < self.min_items:
             raise BadValue(f"needs at least {self.min_items} item(s)")
         items: list[T] = []
+        bad: list[BadValue] = []
         for index, element in enumerate(raw):
             try:
                 value = self.inner.convert(element, base_dir)
             except BadValue as exc:
-                raise BadValue(exc.message, f"[{index}]{exc.suffix}") from None
+                bad.append(BadValue(exc.message, f"[{index}]{exc.suffix}"))
+                continue
             if self.unique and value in items:
-                raise BadValue(f"duplicate entry {element!r}", f"[{index}]")
+                bad.append(BadValue(f"duplicate entry {element!r}", f"[{index}]"))
             items.append(value)
+        if bad:
+            raise BadValue(bad[0].message, bad[0].suffix, bad[1:])
         return tuple(items)
 
     def show(self, value: tuple[T, ...]) -> str:

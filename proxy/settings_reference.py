@@ -103,11 +103,13 @@ there are ignored on reload with a warning.
 
 ## Routing
 
-A connection goes to the first route of its listener (in the listener's `routes` order,
-default: file order) whose `server_names` match the SNI — exact names before wildcards — and
-whose `alpn` contains the negotiated protocol; a route with an empty list matches anything on
-that axis. Otherwise the listener's `default = true` route, otherwise the handshake fails
-with `unrecognized_name`.
+The SNI name picks the candidate routes of the listener, in tiers: routes naming it exactly,
+then routes whose wildcard (`*.example.com`, one left-most label) matches it, then routes
+without `server_names` (they match any name), then the `default = true` route. Within a tier
+the first route (in the listener's `routes` order, default: file order) whose `alpn` lists the
+negotiated protocol wins, else the first one without an `alpn` list. A name no route takes
+fails the handshake with `unrecognized_name`. TLS requirements that must be decided before
+ALPN is known (client certificate, early data) come from the first candidate for the name.
 """
 
 _EMBEDDED = """
