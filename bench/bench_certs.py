@@ -8,11 +8,11 @@ import datetime
 import ipaddress
 from pathlib import Path
 
+from bench_targets import Material
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from targets import Material
 
 
 def _name(common_name: str) -> x509.Name:

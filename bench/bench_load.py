@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from targets import BENCH_DIR, pinned, raise_nofile_limit
+from bench_targets import BENCH_DIR, pinned, raise_nofile_limit
 
 HOST = "127.0.0.1"
 # TLS_AES_128_GCM_SHA256 is mandatory to implement (RFC 8446 §9.1); offering only it keeps

@@ -30,11 +30,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import certmaterial
-import loadgen
-import procstat
-from report import render_markdown
-from targets import TARGETS, Material, Running, Target, nofile_hard_limit, start_backend
+import bench_certs
+import bench_load as loadgen
+import bench_procstat as procstat
+from bench_report import render_markdown
+from bench_targets import TARGETS, Material, Running, Target, nofile_hard_limit, start_backend
 
 DEFAULT_TARGETS = ("ours", "sslproxy", "hitch")
 
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = None
     results: list[TargetResult] = []
     try:
-        material = certmaterial.write_material(workdir)
+        material = bench_certs.write_material(workdir)
         upload_file = workdir / "upload.bin"
         with open(upload_file, "wb") as out:
             out.truncate(plan.bulk_bytes)  # sparse file: reading it costs no disk I/O
