@@ -211,13 +211,9 @@ class OursTarget(Target):
     ) -> list[str]:
         config = workdir / f"tls13-proxy-w{workers}.toml"
         config.write_text(ours_config(material, workdir, port, backend_port, workers))
-        executable = shutil.which("tls13-proxy")
-        if executable is not None:
-            return [executable, "run", "--config", str(config)]
-        launcher = (
-            "import sys; from proxy.cli import main; sys.argv[0] = 'tls13-proxy'; sys.exit(main())"
-        )
-        return [sys.executable, "-c", launcher, "run", "--config", str(config)]
+        # `python3 -m proxy` is the `tls13-proxy` command (proxy/__main__.py); running it from
+        # the repository (cwd) measures this working tree, not whatever is installed.
+        return [sys.executable, "-m", "proxy", "run", "--config", str(config)]
 
 
 def ours_config(
