@@ -18,10 +18,17 @@ they say "all zero octets" and ``b""`` for ``(empty)``.
 
 from __future__ import annotations
 
+import datetime
 import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+
+from certs import Issued
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 TRACE_FILE = Path("/work/shared/specs/tls13-example-traces.txt")
 
@@ -128,3 +135,48 @@ def load_trace(section: str) -> dict[str, bytes]:
 def hexs(text: str) -> bytes:
     """Bytes from a hex string with arbitrary whitespace."""
     return bytes.fromhex("".join(text.split()))
+
+
+def make_intermediate(root: Issued, name: str = "tls13-proxy test intermediate") -> Issued:
+    """A CA certificate signed by ``root`` (for chains with an intermediate)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(root.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=100))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root.cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(root.key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return Issued(cert, key)
+
+
+def make_cn_only_leaf(ca: Issued, common_name: str) -> Issued:
+    """A leaf without subjectAltName (names then come from the CN)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=10))
+        .sign(ca.key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return Issued(cert, key)
