@@ -725,7 +725,7 @@ def _build_named(
     return built
 
 
-def _load(main: _Source, problems: Problems, state_dir: Path | None = None) -> Settings:
+def _load(main: _Source, problems: Problems) -> Settings:
     """Parse, convert and cross-check a configuration whose main file is ``main``."""
     from proxy.settings_validate import validate  # imported late: it imports this module
 
@@ -739,11 +739,10 @@ def _load(main: _Source, problems: Problems, state_dir: Path | None = None) -> S
         )
         for key, cls in _SINGLE_TABLES.items()
     }
-    if state_dir is not None:
-        singles["global"] = dataclasses.replace(singles["global"], state_dir=state_dir)
     sources = [main, *snippets]
+    entries = {kind: _collect_named(sources, kind, problems) for kind in _NAMED_TABLES}
     named = {
-        kind: _build_named(_collect_named(sources, kind, problems), kind, problems, singles["tls"])
+        kind: tuple(_build_named(entries[kind], kind, problems, singles["tls"]))
         for kind in _NAMED_TABLES
     }
     settings = Settings(
@@ -753,15 +752,13 @@ def _load(main: _Source, problems: Problems, state_dir: Path | None = None) -> S
         limits=singles["limits"],
         metrics=singles["metrics"],
         tls=singles["tls"],
-        certificates=tuple(named["certificates"]),
-        listeners=tuple(named["listeners"]),
-        routes=tuple(named["routes"]),
-        backends=tuple(named["backends"]),
+        certificates=named["certificates"],
+        listeners=named["listeners"],
+        routes=named["routes"],
+        backends=named["backends"],
     )
     origins = {
-        (kind, entry.name): entry.source.label
-        for kind in _NAMED_TABLES
-        for entry in _collect_named(sources, kind, Problems())
+        (kind, entry.name): entry.source.label for kind in entries for entry in entries[kind]
     }
     return validate(settings, problems, main.label, origins)
 

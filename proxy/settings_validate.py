@@ -11,6 +11,8 @@ other tables: a certificate's names from the certificate, a listener's certifica
 from __future__ import annotations
 
 import dataclasses
+import grp
+import pwd
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -51,6 +53,7 @@ def validate(settings: Settings, problems: Problems, main: str, origins: Origins
     def where(kind: str, name: str) -> Where:
         return _where(problems, origins, kind, name, main)
 
+    _check_global(settings, Where(problems, main, "global"))
     tls = _check_tls(settings.tls, Where(problems, main, "tls"))
     certificates = tuple(
         _check_certificate(cert, where("certificates", cert.name)) for cert in settings.certificates
@@ -77,13 +80,34 @@ def validate(settings: Settings, problems: Problems, main: str, origins: Origins
     )
 
 
+def _check_global(settings: Settings, where: Where) -> None:
+    """The user and group to drop to should exist here (check may run on another host: warn)."""
+    user, group = settings.global_.user, settings.global_.group
+    if user is not None and not _exists(pwd.getpwnam, user):
+        where.at("user").warn(f"no user {user!r} on this system: dropping privileges will fail")
+    if group is not None and not _exists(grp.getgrnam, group):
+        where.at("group").warn(f"no group {group!r} on this system: dropping privileges will fail")
+
+
+def _exists(lookup: Callable[[str], object], name: str) -> bool:
+    try:
+        lookup(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _supported(configured: Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
     # Explicit unknown names were already reported; defaults the engine lacks are dropped.
     return tuple(name for name in configured if name in known)
 
 
-def _check_tls(tls: TLSSettings, where: Where) -> TLSSettings:
-    """Engine-support filtering and the warnings that concern TLS options."""
+def _check_tls(tls: TLSSettings, where: Where, inherited: TLSSettings | None = None) -> TLSSettings:
+    """Engine-support filtering and the checks of TLS options.
+
+    For a listener's overrides, ``inherited`` is the [tls] table: values it already had were
+    checked (and warned about) there, so only the listener's own changes are checked again.
+    """
     suites = _supported(tls.cipher_suites, list(suite_names()))
     groups = _supported(tls.groups, list(group_names()))
     if not suites:
@@ -91,14 +115,26 @@ def _check_tls(tls: TLSSettings, where: Where) -> TLSSettings:
     if not groups:
         where.at("groups").error("none of these groups is supported by the engine")
     tickets = tls.tickets
-    if tickets.key_file is not None:
+
+    def changed(value: object, attr: str, parent: object) -> bool:
+        return parent is None or getattr(parent, attr) != value
+
+    parent_tickets = inherited.tickets if inherited is not None else None
+    if tickets.key_file is not None and changed(tickets.key_file, "key_file", parent_tickets):
         check_ticket_key_file(tickets.key_file, where.at("tickets.key_file"))
-    elif tickets.enabled and tickets.lifetime > 2 * tickets.rotation_interval:
-        where.at("tickets.lifetime").warn(
-            "longer than two rotation intervals: tickets will stop working before they expire "
-            "(only the current and previous keys are kept)"
-        )
-    if tls.keylog_file is not None:
+    # Only the current and previous keys are kept, so a ticket sealed just before a rotation
+    # stays usable for one rotation interval at least, two at most.
+    if (
+        tickets.key_file is None
+        and tickets.enabled
+        and tickets.lifetime > tickets.rotation_interval
+    ):
+        if changed(tickets, "tickets", inherited):
+            where.at("tickets.lifetime").warn(
+                "longer than tickets.rotation_interval: some tickets will stop working before "
+                "they expire (only the current and previous keys are kept)"
+            )
+    if tls.keylog_file is not None and changed(tls.keylog_file, "keylog_file", inherited):
         check_writable_parent(tls.keylog_file, where.at("keylog_file"))
         where.at("keylog_file").warn(
             "writes every session secret to disk: anyone who reads it can decrypt the traffic; "
@@ -203,9 +239,16 @@ def _check_listener(
         where.at("routes").error("no route to send connections to: define [routes.NAME]")
     known_routes = [settings.route(name) for name in routes if name in route_names]
     _check_listener_routes(listener, known_routes, where)
-    tls = global_tls if listener.tls is settings.tls else _check_tls(listener.tls, where.at("tls"))
+    if listener.tls is settings.tls:
+        tls = global_tls
+    else:
+        tls = _check_tls(listener.tls, where.at("tls"), settings.tls)
     if listener.client_ca is not None:
         check_ca_file(listener.client_ca, where.at("client_ca"))
+    if listener.max_connections > settings.limits.max_connections:
+        where.at("max_connections").warn(
+            f"above limits.max_connections ({settings.limits.max_connections}), which also applies"
+        )
     return dataclasses.replace(
         listener,
         certificates=certificates,
@@ -233,6 +276,13 @@ def _check_listener_routes(
             where.at("client_ca").error(
                 f"route {route.name!r} requires a client certificate: set client_ca "
                 '(and client_auth = "optional" or "required")'
+            )
+        offered = listener.tls.alpn
+        missing = [protocol for protocol in route.alpn if offered and protocol not in offered]
+        if missing:
+            where.at("tls.alpn").warn(
+                f"route {route.name!r} matches ALPN {', '.join(missing)}, which this listener "
+                f"never negotiates (it offers {', '.join(offered)})"
             )
         if route.early_data and not listener.tls.max_early_data:
             where.at("tls.max_early_data").warn(

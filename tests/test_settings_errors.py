@@ -512,3 +512,39 @@ def test_client_ca_that_is_not_a_ca_warns(ws: Workspace) -> None:
     settings = ws.load(text)
     warning = find(list(settings.warnings), "listeners.web.client_ca")
     assert "is not a CA" in warning.message
+
+
+def test_unknown_user_and_group_warn(ws: Workspace) -> None:
+    settings = ws.load(MINIMAL + '\n[global]\nuser = "no-such-user-x"\ngroup = "no-such-group-x"\n')
+    assert "no user 'no-such-user-x'" in find(list(settings.warnings), "global.user").message
+    assert "no group 'no-such-group-x'" in find(list(settings.warnings), "global.group").message
+    assert ws.load(MINIMAL + '\n[global]\nuser = "root"\ngroup = "root"\n').warnings == ()
+
+
+def test_route_alpn_the_listener_never_offers(ws: Workspace) -> None:
+    text = edited("default = true", 'alpn = ["h2", "http/1.1"]').replace(
+        "[metrics]", '[tls]\nalpn = ["http/1.1"]\n[metrics]'
+    )
+    warning = find(list(ws.load(text).warnings), "listeners.web.tls.alpn")
+    assert "matches ALPN h2, which this listener never negotiates" in warning.message
+
+
+def test_ticket_lifetime_beyond_rotation_warns_once(ws: Workspace) -> None:
+    text = edited(
+        "[metrics]",
+        '[tls]\nalpn = ["h2"]\ntickets = { lifetime = "2h", rotation_interval = "1h" }\n[metrics]',
+    ).replace(
+        'addresses = ["127.0.0.1:8443"]',
+        'addresses = ["127.0.0.1:8443"]\ntls = { alpn = ["http/1.1"] }',
+    )
+    warnings = list(ws.load(text).warnings)
+    assert [w.key for w in warnings] == ["tls.tickets.lifetime"]
+    assert "longer than tickets.rotation_interval" in warnings[0].message
+
+
+def test_listener_limit_above_the_global_one_warns(ws: Workspace) -> None:
+    text = edited(
+        'addresses = ["127.0.0.1:8443"]', 'addresses = ["127.0.0.1:8443"]\nmax_connections = 20000'
+    )
+    warning = find(list(ws.load(text).warnings), "listeners.web.max_connections")
+    assert "above limits.max_connections (10000)" in warning.message

@@ -29,7 +29,7 @@ include = "conf.d/*.toml"
 
 [global]
 workers = 3
-user = "tls13-proxy"
+user = "root"
 state_dir = "state"
 log_format = "json"
 log_level = "debug"
@@ -121,7 +121,7 @@ def test_full_configuration_values(ws: Workspace) -> None:
     g = settings.global_
     assert (g.workers, g.user, g.group, g.log_format, g.log_level) == (
         3,
-        "tls13-proxy",
+        "root",
         None,
         "json",
         "debug",
