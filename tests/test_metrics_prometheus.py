@@ -1,0 +1,158 @@
+"""End to end with a real Prometheus: it scrapes the proxy, evaluates our rules, and its HTTP API
+shows the counters moving as traffic goes through."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+from metrics_helpers import REPO, command, read_line, start_helper, stop
+
+PROMETHEUS = shutil.which("prometheus")
+RULES = REPO / "deploy" / "prometheus" / "tls13-proxy-rules.yml"
+WAIT = 30.0  # bound on every wait for Prometheus to see a change
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed"),
+]
+
+
+@dataclass
+class Prometheus:
+    """A running Prometheus server and helpers for its HTTP API."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def api(self, path: str, **params: str) -> object:
+        query = urllib.parse.urlencode(params)
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{query}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.loads(response.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[tuple[dict[str, str], float]]:
+        data = self.api("query", query=expr)
+        assert isinstance(data, dict)
+        return [(r["metric"], float(r["value"][1])) for r in data["result"]]
+
+    def scalar(self, expr: str) -> float | None:
+        """The single value of ``expr`` (None while it has no result)."""
+        result = self.query(expr)
+        return result[0][1] if result else None
+
+    def wait_for(self, expr: str, check: Callable[[float], bool], what: str) -> float:
+        """Poll ``expr`` until ``check`` holds (bounded by WAIT seconds)."""
+        deadline = time.monotonic() + WAIT
+        seen: float | None = None
+        while time.monotonic() < deadline:
+            seen = self.scalar(expr)
+            if seen is not None and check(seen):
+                return seen
+            time.sleep(0.5)
+        raise AssertionError(f"{what}: {expr} was {seen} after {WAIT}s\n{self.tail_log()}")
+
+    def tail_log(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+
+
+def _wait_ready(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"prometheus exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"prometheus not ready within {WAIT}s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture
+def start_prometheus(tmp_path: Path) -> Iterator[Callable[[int], Prometheus]]:
+    """Factory: a Prometheus scraping 127.0.0.1:<metrics port> every second, with our rules."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(metrics_port: int) -> Prometheus:
+        assert PROMETHEUS is not None
+        shutil.copy(RULES, tmp_path / RULES.name)
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files:\n  - {RULES.name}\n"
+            "scrape_configs:\n  - job_name: tls13-proxy\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{metrics_port}']\n"
+        )
+        port = free_port()
+        log = tmp_path / "prometheus.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [
+                    PROMETHEUS,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--storage.tsdb.retention.time=1h",
+                ],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            )
+        started.append(process)
+        _wait_ready(port, process, log)
+        return Prometheus(port, process, log)
+
+    yield start
+    for process in started:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_prometheus_sees_aggregated_workers_and_fires_restart_alert(
+    tmp_path: Path, start_prometheus: Callable[[int], Prometheus]
+) -> None:
+    """The metrics parent with a forked and a spawned worker (tests/metrics_helpers.py)."""
+    parent = start_helper("parent", str(tmp_path / "metrics-dir"), "4")
+    try:
+        port = 0
+        while not port:
+            line = read_line(parent)
+            port = int(line) if line.isdigit() else 0
+        prometheus = start_prometheus(port)
+        prometheus.wait_for('up{job="tls13-proxy"}', lambda v: v == 1, "target up")
+        prometheus.wait_for(
+            'sum(tls13proxy_connections_accepted_total{job="tls13-proxy"})',
+            lambda v: v == 10,
+            "accepted summed over both workers (4 closed + 1 open each)",
+        )
+        prometheus.wait_for("sum(tls13proxy_worker_processes)", lambda v: v == 2, "two workers")
+        assert command(parent, "kill spawn") == "killed"
+        prometheus.wait_for("sum(tls13proxy_worker_processes)", lambda v: v == 1, "one left")
+        prometheus.wait_for(
+            'count(ALERTS{alertname="TLS13ProxyWorkerRestarts", alertstate="firing"})',
+            lambda v: v == 1,
+            "worker restart alert firing",
+        )
+        assert prometheus.scalar("sum(tls13proxy_connections_accepted_total)") == 10
+    finally:
+        stop(parent)
