@@ -8,8 +8,13 @@ hex gathered across continuation lines and page breaks until N octets are read.
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 TRACE_FILE = Path("/work/shared/specs/tls13-example-traces.txt")
 
@@ -108,3 +113,182 @@ def trace_message(section_prefix: str, name: str, index: int = 0) -> bytes:
         if section.startswith(section_prefix) and label == name
     ]
     return found[index]
+
+
+# ----------------------------------------------------------------------------- driving connections
+# (engine modules are imported inside the functions so the trace helpers above
+# work even while parts of the engine are still missing)
+
+OPENSSL = "openssl"
+
+
+def record(content_type: int, payload: bytes, version: int = 0x0303) -> bytes:
+    """One unprotected TLS record."""
+    return (
+        bytes([content_type])
+        + version.to_bytes(2, "big")
+        + len(payload).to_bytes(2, "big")
+        + payload
+    )
+
+
+def split_records(data: bytes) -> list[tuple[int, bytes]]:
+    """Split wire bytes into (content type, payload) records (payloads still protected)."""
+    records, pos = [], 0
+    while pos < len(data):
+        length = int.from_bytes(data[pos + 3 : pos + 5], "big")
+        records.append((data[pos], data[pos + 5 : pos + 5 + length]))
+        pos += 5 + length
+    return records
+
+
+def pump(client: Any, server: Any, rounds: int = 50) -> tuple[list[Any], list[Any]]:
+    """Shuttle bytes between two in-memory connections until both are quiet.
+
+    Returns the events each side produced.  A TLSError on either side is
+    re-raised after the alert it queued has been delivered to the other side
+    (whose own resulting error, if any, is attached as ``peer_error``).
+    """
+    from tls13.alerts import TLSError
+
+    client_events: list[Any] = []
+    server_events: list[Any] = []
+    for _ in range(rounds):
+        to_server = client.data_to_send()
+        to_client = b""
+        if to_server:
+            try:
+                server_events += server.receive_data(to_server)
+            except TLSError as error:
+                _deliver(client, server.data_to_send(), error)
+                raise
+        to_client = server.data_to_send()
+        if to_client:
+            try:
+                client_events += client.receive_data(to_client)
+            except TLSError as error:
+                _deliver(server, client.data_to_send(), error)
+                raise
+        if not to_server and not to_client:
+            return client_events, server_events
+    raise AssertionError("connections did not settle")
+
+
+def _deliver(peer: Any, data: bytes, error: Exception) -> None:
+    from tls13.alerts import TLSError
+
+    try:
+        if data:
+            peer.receive_data(data)
+    except TLSError as peer_error:
+        error.peer_error = peer_error  # type: ignore[attr-defined]
+
+
+class SocketClient:
+    """Runs a sans-IO client connection over a blocking loopback socket."""
+
+    def __init__(self, connection: Any, port: int, host: str = "127.0.0.1", timeout: float = 15):
+        self.conn = connection
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.events: list[Any] = []
+        self.received = bytearray()
+        self.eof = False
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            self.sock.sendall(out)
+
+    def step(self) -> None:
+        """Send what is queued, then read once and feed it to the engine."""
+        from tls13 import events
+        from tls13.alerts import TLSError
+
+        self.flush()
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.eof = True
+        try:
+            new = self.conn.receive_data(data)
+        except TLSError:
+            try:
+                self.flush()
+            except OSError:
+                pass
+            raise
+        for event in new:
+            if isinstance(event, events.ApplicationData):
+                self.received += event.data
+        self.events += new
+        self.flush()
+
+    def until(self, done: Callable[[], bool], timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if self.eof:
+                raise AssertionError("connection ended before the condition held")
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out")
+            self.step()
+
+    def handshake(self) -> Any:
+        self.conn.start()
+        self.until(lambda: self.conn.handshake_complete)
+        return self.conn.info
+
+    def read_to_eof(self, timeout: float = 15) -> bytes:
+        from tls13 import events
+
+        deadline = time.monotonic() + timeout
+        while not self.eof and not any(isinstance(e, events.ConnectionClosed) for e in self.events):
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for the end of the stream")
+            self.step()
+        return bytes(self.received)
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"server exited early: {process.stderr.read() if process.stderr else ''!r}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("server did not start listening")
+
+
+def start_openssl_server(
+    port: int, cert: str, key: str, extra: Sequence[str] = (), mode: str = "-www", naccept: int = 2
+) -> subprocess.Popen[bytes]:
+    """``openssl s_server`` for TLS 1.3 on loopback; the readiness probe counts as one accept."""
+    command = [
+        OPENSSL,
+        "s_server",
+        "-accept",
+        f"127.0.0.1:{port}",
+        "-cert",
+        cert,
+        "-key",
+        key,
+        "-tls1_3",
+        "-naccept",
+        str(naccept),
+        mode,
+        *extra,
+    ]
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    wait_for_port(port, process)
+    return process
