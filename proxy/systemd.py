@@ -179,6 +179,15 @@ async def watchdog_loop(
         await trio.sleep(period)
 
 
+class ActivatedSocket(socket.socket):
+    """A socket passed by systemd; ``fd_name`` is its ``FileDescriptorName=``.
+
+    (Plain :class:`socket.socket` objects cannot carry extra attributes.)
+    """
+
+    fd_name: str = UNKNOWN_FD_NAME
+
+
 def _listen_fd_count(env: Mapping[str, str]) -> int:
     """How many descriptors systemd passed to *this* process (0 if none or not ours)."""
     pid_text = env.get("LISTEN_PID", "")
@@ -205,7 +214,7 @@ def _listen_fd_names(env: Mapping[str, str], count: int) -> list[str]:
     return names
 
 
-def listen_fds_with_names(unset_environment: bool = True) -> list[tuple[str, socket.socket]]:
+def listen_fds_with_names(unset_environment: bool = True) -> list[tuple[str, ActivatedSocket]]:
     """Sockets passed by socket activation, as ``(FileDescriptorName, socket)`` pairs.
 
     Descriptors are marked close-on-exec and wrapped in :class:`socket.socket`
@@ -219,31 +228,34 @@ def listen_fds_with_names(unset_environment: bool = True) -> list[tuple[str, soc
     if unset_environment:
         for name in _LISTEN_VARIABLES:
             os.environ.pop(name, None)
-    activated: list[tuple[str, socket.socket]] = []
+    activated: list[tuple[str, ActivatedSocket]] = []
     for index, name in enumerate(names):
         fd = SD_LISTEN_FDS_START + index
-        sock = _adopt_socket(fd)
+        sock = _adopt_socket(fd, name)
         if sock is not None:
             activated.append((name, sock))
     return activated
 
 
-def listen_fds(unset_environment: bool = True) -> list[socket.socket]:
-    """Sockets passed by socket activation (see :func:`listen_fds_with_names`)."""
+def listen_fds(unset_environment: bool = True) -> list[ActivatedSocket]:
+    """Sockets passed by socket activation, each with its ``fd_name`` (see
+    :func:`listen_fds_with_names`)."""
     return [sock for _, sock in listen_fds_with_names(unset_environment)]
 
 
-def _adopt_socket(fd: int) -> socket.socket | None:
+def _adopt_socket(fd: int, name: str) -> ActivatedSocket | None:
     """Wrap an inherited descriptor; None (and the fd closed) if it is not a usable socket."""
     try:
         flags = fcntl.fcntl(fd, fcntl.F_GETFD)
         fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
-        return socket.socket(fileno=fd)
+        sock = ActivatedSocket(fileno=fd)
     except OSError as exc:
         log.warning("inherited descriptor %d is not a socket (%s); ignoring it", fd, exc)
         if exc.errno != errno.EBADF:
             os.close(fd)
         return None
+    sock.fd_name = name
+    return sock
 
 
 def socket_address_key(sock: socket.socket) -> tuple[int, object]:

@@ -164,7 +164,7 @@ CHILD = textwrap.dedent(
     report = {
         "sockets": [
             [name, int(s.family), int(s.type), list(s.getsockname())[:2], s.fileno(),
-             s.get_inheritable()]
+             s.get_inheritable(), s.fd_name]
             for name, s in pairs
         ],
         "env": {k: os.environ.get(k) for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")},
@@ -211,6 +211,7 @@ def test_listen_fds_under_systemd_socket_activate(tmp_path: Path) -> None:
         activator.kill()
         activator.wait(10)
     assert [s[0] for s in report["sockets"]] == ["https", "alt"]
+    assert [s[6] for s in report["sockets"]] == ["https", "alt"]
     assert [s[3] for s in report["sockets"]] == [["127.0.0.1", port_a], ["127.0.0.1", port_b]]
     assert [s[4] for s in report["sockets"]] == [3, 4]
     assert all(s[1] == socket.AF_INET and s[2] == socket.SOCK_STREAM for s in report["sockets"])
