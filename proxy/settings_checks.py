@@ -218,21 +218,57 @@ def name_covered(name: str, cert_names: Sequence[str]) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class CertificateInfo:
+    """What validation learnt from a certificate: its names and the schemes its key can sign."""
+
+    names: tuple[str, ...]
+    signature_schemes: frozenset[str]
+    key_description: str
+
+
+_EC_SCHEMES = {
+    "secp256r1": "ecdsa_secp256r1_sha256",
+    "secp384r1": "ecdsa_secp384r1_sha384",
+    "secp521r1": "ecdsa_secp521r1_sha512",
+}
+_RSAE_SCHEMES = frozenset({"rsa_pss_rsae_sha256", "rsa_pss_rsae_sha384", "rsa_pss_rsae_sha512"})
+_PSS_SCHEMES = frozenset({"rsa_pss_pss_sha256", "rsa_pss_pss_sha384", "rsa_pss_pss_sha512"})
+_RSASSA_PSS_OID = x509.ObjectIdentifier("1.2.840.113549.1.1.10")
+
+
+def signing_profile(cert: x509.Certificate) -> tuple[frozenset[str], str]:
+    """TLS 1.3 signature schemes the certificate's key can sign with (RFC 8446 §4.2.3)."""
+    public = cert.public_key()
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        scheme = _EC_SCHEMES.get(public.curve.name)
+        return frozenset({scheme} if scheme else ()), f"ECDSA {public.curve.name} key"
+    if isinstance(public, rsa.RSAPublicKey):
+        if cert.public_key_algorithm_oid == _RSASSA_PSS_OID:
+            return _PSS_SCHEMES, f"RSASSA-PSS {public.key_size}-bit key"
+        return _RSAE_SCHEMES, f"RSA {public.key_size}-bit key"
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        return frozenset({"ed25519"}), "Ed25519 key"
+    if isinstance(public, ed448.Ed448PublicKey):
+        return frozenset({"ed448"}), "Ed448 key"
+    return frozenset(), f"{type(public).__name__}"
+
+
 def check_certificate(
     chain_path: Path, key_path: Path, ocsp_path: Path | None, where: Where
-) -> tuple[str, ...]:
-    """Load a chain + key, check they belong together and are current; return the leaf's names.
+) -> CertificateInfo | None:
+    """Load a chain + key, check they belong together and are current; describe the leaf.
 
     Errors: unreadable or unparsable files, a key that does not match the leaf, a weak or
     unusable key type, a bad OCSP response. Warnings: expired / not yet valid certificates,
-    world-readable key files.
+    world-readable key files. None when the chain could not be read.
     """
     chain = load_pem_certificates(chain_path, where.at("chain"))
     key = _load_private_key(key_path, where.at("key"))
     if key is not None:
         warn_if_world_readable(key_path, where.at("key"))
     if not chain:
-        return ()
+        return None
     leaf = chain[0]
     if key is not None and _check_key_type(key, key_path, where.at("key")):
         if _spki(leaf.public_key()) != _spki(key.public_key()):  # type: ignore[attr-defined]
@@ -243,7 +279,8 @@ def check_certificate(
     _check_validity(chain, chain_path, where.at("chain"))
     if ocsp_path is not None:
         _check_ocsp(ocsp_path, where.at("ocsp"))
-    return certificate_names(leaf)
+    schemes, description = signing_profile(leaf)
+    return CertificateInfo(certificate_names(leaf), schemes, description)
 
 
 def _check_validity(chain: Sequence[x509.Certificate], path: Path, where: Where) -> None:

@@ -28,6 +28,7 @@ from proxy.settings import (
     suite_names,
 )
 from proxy.settings_checks import (
+    CertificateInfo,
     Problems,
     Where,
     check_ca_file,
@@ -55,8 +56,10 @@ def validate(settings: Settings, problems: Problems, main: str, origins: Origins
 
     _check_global(settings, Where(problems, main, "global"))
     tls = _check_tls(settings.tls, Where(problems, main, "tls"))
+    infos: dict[str, CertificateInfo] = {}
     certificates = tuple(
-        _check_certificate(cert, where("certificates", cert.name)) for cert in settings.certificates
+        _check_certificate(cert, where("certificates", cert.name), infos)
+        for cert in settings.certificates
     )
     _check_single_self_signed(certificates, where)
     backends = tuple(settings.backends)
@@ -69,6 +72,8 @@ def validate(settings: Settings, problems: Problems, main: str, origins: Origins
         _check_listener(listener, settings, tls, where("listeners", listener.name))
         for listener in settings.listeners
     )
+    for listener in listeners:
+        _check_signature_schemes(listener, infos, where("listeners", listener.name))
     if not listeners:
         Where(problems, main, "listeners").error(
             "no listener defined: add a [listeners.NAME] table with addresses"
@@ -145,7 +150,10 @@ def _check_tls(tls: TLSSettings, where: Where, inherited: TLSSettings | None = N
     return dataclasses.replace(tls, cipher_suites=suites, groups=groups)
 
 
-def _check_certificate(cert: CertificateSettings, where: Where) -> CertificateSettings:
+def _check_certificate(
+    cert: CertificateSettings, where: Where, infos: dict[str, CertificateInfo]
+) -> CertificateSettings:
+    """Check one certificate's files; record what it is in ``infos`` for listener checks."""
     if cert.self_signed:
         for attr in ("chain", "key", "ocsp"):
             if getattr(cert, attr) is not None:
@@ -160,16 +168,36 @@ def _check_certificate(cert: CertificateSettings, where: Where) -> CertificateSe
         where.at(attr).error(f"{attr} is required (or set self_signed = true)")
     if cert.chain is None or cert.key is None:
         return cert
-    found = check_certificate(cert.chain, cert.key, cert.ocsp, where)
+    info = check_certificate(cert.chain, cert.key, cert.ocsp, where)
+    if info is None:
+        return cert
+    infos[cert.name] = info
     for index, name in enumerate(cert.names):
-        if found and not name_covered(name, found):
+        if info.names and not name_covered(name, info.names):
             where.at(f"names[{index}]").warn(
-                f"{name!r} is not among the certificate's names ({', '.join(found)}): "
+                f"{name!r} is not among the certificate's names ({', '.join(info.names)}): "
                 "clients will reject it"
             )
-    if not cert.names and not found and cert.chain.is_file():
+    if not cert.names and not info.names:
         where.at("names").warn("the certificate names no host: set names explicitly")
-    return dataclasses.replace(cert, names=cert.names or found)
+    return dataclasses.replace(cert, names=cert.names or info.names)
+
+
+def _check_signature_schemes(
+    listener: ListenerSettings, infos: Mapping[str, CertificateInfo], where: Where
+) -> None:
+    """With an explicit signature_schemes list, every certificate must be able to sign."""
+    allowed = set(listener.tls.signature_schemes)
+    if not allowed:
+        return
+    for name in listener.certificates:
+        info = infos.get(name)
+        if info is not None and not info.signature_schemes & allowed:
+            where.at("tls.signature_schemes").error(
+                f"certificate {name!r} ({info.key_description}) can sign with none of "
+                f"{', '.join(sorted(allowed))}; it needs one of "
+                f"{', '.join(sorted(info.signature_schemes))}"
+            )
 
 
 def _check_single_self_signed(

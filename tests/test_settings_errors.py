@@ -548,3 +548,14 @@ def test_listener_limit_above_the_global_one_warns(ws: Workspace) -> None:
     )
     warning = find(list(ws.load(text).warnings), "listeners.web.max_connections")
     assert "above limits.max_connections (10000)" in warning.message
+
+
+def test_signature_schemes_the_certificate_cannot_use(ws: Workspace) -> None:
+    text = edited(
+        "[metrics]", '[tls]\nsignature_schemes = ["ed25519", "rsa_pss_rsae_sha256"]\n[metrics]'
+    )
+    problem = find(ws.errors(text), "listeners.web.tls.signature_schemes")
+    assert "certificate 'site' (ECDSA secp256r1 key) can sign with none of" in problem.message
+    assert "ecdsa_secp256r1_sha256" in problem.message
+    text = edited("[metrics]", '[tls]\nsignature_schemes = ["ecdsa_secp256r1_sha256"]\n[metrics]')
+    assert ws.load(text).tls.signature_schemes == ("ecdsa_secp256r1_sha256",)

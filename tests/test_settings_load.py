@@ -316,3 +316,22 @@ def test_reload_keeps_restart_only_settings(ws: Workspace) -> None:
     assert not second.metrics.enabled
     assert "only after a restart" in find(list(second.warnings), "global").message
     assert "only after a restart" in find(list(second.warnings), "metrics").message
+
+
+@pytest.mark.parametrize(
+    ("kind", "scheme"),
+    [
+        ("p384", "ecdsa_secp384r1_sha384"),
+        ("p521", "ecdsa_secp521r1_sha512"),
+        ("rsa2048", "rsa_pss_rsae_sha256"),
+        ("ed25519", "ed25519"),
+        ("ed448", "ed448"),
+    ],
+)
+def test_every_engine_key_type_loads(ws: Workspace, kind: str, scheme: str) -> None:
+    ws.pair("typed", ("localhost",), kind=kind)
+    text = MINIMAL.replace("site.crt", "typed.crt").replace("site.key", "typed.key")
+    text = text.replace("[metrics]", f'[tls]\nsignature_schemes = ["{scheme}"]\n[metrics]')
+    settings = ws.load(text)
+    assert settings.warnings == ()
+    assert settings.certificate("site").names == ("localhost",)
