@@ -131,9 +131,9 @@ class Connection(ABC):
             self._fail(error)
             raise
         except Exception as exc:  # a bug must still end in an alert, never a stray exception
-            error = TLSError(AlertDescription.internal_error, f"{type(exc).__name__}: {exc}")
-            self._fail(error)
-            raise error from exc
+            failure = TLSError(AlertDescription.internal_error, f"{type(exc).__name__}: {exc}")
+            self._fail(failure)
+            raise failure from exc
         produced, self._events = self._events, []
         return produced
 

@@ -44,7 +44,7 @@ from .messages import (
     HandshakeType,
     ServerHello,
 )
-from .signatures import SCHEMES, certificate_verify_input
+from .signatures import SCHEMES, certificate_verify_input, check_certificate_fits
 from .suites import SUITES, CipherSuite
 from .transcript import Transcript
 
@@ -402,7 +402,7 @@ class ServerConnection(Connection):
         if name is not None and self._config.unknown_name == "reject" and not store.has_name(name):
             raise TLSError(AlertDescription.unrecognized_name, "no certificate for server_name")
         try:
-            chain, scheme = store.select(name, usable)
+            chain, scheme = store.select(name, usable, hello.signature_algorithms_cert())
         except TLSError as error:
             raise handshake_failure(f"no usable certificate: {error.message}") from error
         self._chain, self._scheme = chain, scheme
@@ -551,6 +551,7 @@ class ServerConnection(Connection):
         if message.algorithm not in auth.schemes or message.algorithm not in SCHEMES:
             raise illegal_parameter("CertificateVerify uses a scheme we did not offer")
         scheme = SCHEMES[message.algorithm]
+        check_certificate_fits(scheme, auth.certificates[0])
         signed = certificate_verify_input(CLIENT_CV_CONTEXT, self._auth_transcript_digest())
         scheme.verify(auth.certificates[0].public_key(), message.signature, signed)
         self._update_auth_transcript(raw)
@@ -617,22 +618,23 @@ class ServerConnection(Connection):
         assert self._transcript is not None
         return self._transcript.copy()
 
-    def _update_auth_transcript(self, raw: bytes) -> None:
-        if self._state in (ServerState.POST_WAIT_CERT, ServerState.POST_WAIT_CV):
-            self._post_transcript.update(raw)
-        else:
-            assert self._transcript is not None
-            self._transcript.update(raw)
-
-    def _auth_transcript_digest(self) -> bytes:
-        if self._state in (
+    def _auth_transcript(self) -> Transcript:
+        """The transcript client authentication signs: the handshake's, or for
+        post-handshake auth a copy through client Finished + CertificateRequest."""
+        post = self._state in (
             ServerState.POST_WAIT_CERT,
             ServerState.POST_WAIT_CV,
             ServerState.POST_WAIT_FINISHED,
-        ):
-            return self._post_transcript.digest()
-        assert self._transcript is not None
-        return self._transcript.digest()
+        )
+        transcript = self._post_transcript if post else self._transcript
+        assert transcript is not None
+        return transcript
+
+    def _update_auth_transcript(self, raw: bytes) -> None:
+        self._auth_transcript().update(raw)
+
+    def _auth_transcript_digest(self) -> bytes:
+        return self._auth_transcript().digest()
 
 
 # ---------------------------------------------------------------------- ClientHello checks
