@@ -85,15 +85,32 @@ matches nothing is not an error (an empty `conf.d/`), a plain path that does not
 
 `tls13-proxy check` (and every start or reload) reports all problems at once, each as
 `FILE: KEY.PATH: what is wrong`, e.g.
-`/etc/tls13-proxy/conf.d/api.toml: backends.api.servers[1]: 'app:http' … port 'http' is not a number`.
-Errors: unknown keys, wrong types, bad durations/sizes/addresses, unreadable, unparsable or
-mismatched certificates and keys, encrypted or weak keys, CA files holding no certificate,
-ticket key files of the wrong size, unknown cipher suites/groups/schemes, routes to undefined
-pools, listeners naming undefined certificates or routes, duplicate listen addresses, two
-default routes on one listener, client certificates required without a CA.
-Warnings (the configuration still loads): expired or not yet valid certificates,
-world-readable private or ticket keys, names not covered by the certificate, a keylog file,
-early data allowed where 0-RTT is off, pools no route uses.
+`/etc/tls13-proxy/conf.d/api.toml: backends.api.servers[1]: 'app:http': port 'http' is not a number 1…65535`.
+It exits with status 1 when there is any error, 0 otherwise (warnings are printed too).
+
+Errors: unknown keys, wrong types, bad durations/sizes/addresses/names, unreadable,
+unparsable or mismatched certificates and keys (the key must match the first certificate of
+the chain), encrypted or weak keys, certificates that cannot sign with the configured
+`signature_schemes`, CA files holding no certificate, ticket key files of the wrong size,
+unknown cipher suites/groups/schemes, routes to undefined pools, listeners naming undefined
+certificates or routes, a listener without certificate or route, duplicate listen addresses,
+two default routes on one listener, client certificates required without a CA, `self_signed`
+together with certificate files, a keylog file in a missing directory.
+
+Warnings (the configuration still loads): expired or not yet valid certificates, a chain not
+in issuing order, world-readable private or ticket keys, names not covered by the
+certificate, client CA certificates that are not CAs, a keylog file, early data allowed where
+0-RTT is off, route ALPN protocols the listener never negotiates, ticket lifetimes longer
+than the key rotation, a listener connection limit above the global one, a `user`/`group`
+that does not exist on this host, pools no route uses.
+
+## Addresses
+
+Listeners bind IP literals: `"0.0.0.0:443"`, `"[::]:443"`, `"127.0.0.1:8443"`. A socket
+passed by systemd socket activation is named `"systemd:NAME"` (the socket unit's
+`FileDescriptorName=NAME`), or `"systemd"` for every passed socket. Backends are
+`"host:port"` (a host name is resolved at connect time), `"[v6]:port"`, `"unix:/path"` or
+`"demo"`, the built-in demo backend showing what was negotiated.
 
 ## Reload
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from settings_helpers import REPO
+from settings_helpers import MINIMAL, REPO, find, workspace
 
 from proxy import settings as schema
 from proxy.settings_reference import render_reference
@@ -58,3 +59,12 @@ def test_every_setting_is_documented() -> None:
 def test_reference_does_not_depend_on_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STATE_DIRECTORY", "/somewhere/else")
     assert render_reference() == DOC.read_text()
+
+
+def test_the_documented_example_message_is_real(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    text = MINIMAL.replace(
+        'servers = ["127.0.0.1:8080"]', 'servers = ["127.0.0.1:8080", "app:http"]'
+    )
+    problem = find(ws.errors(text), "backends.app.servers[1]")
+    assert f"backends.api.servers[1]: {problem.message}`" in DOC.read_text()
