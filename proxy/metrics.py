@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import cryptography
 from prometheus_client import (
@@ -134,9 +134,23 @@ class _BoundedLabel:
         return value
 
 
+_Child = TypeVar("_Child")
+
 _config_name = _BoundedLabel(_CONFIG_NAME, 1024)
 _reject_reason = _BoundedLabel(_CODE_NAME, 64)
 _limit_name = _BoundedLabel(_CODE_NAME, 64)
+
+
+class _BoundedCache(dict[tuple[object, ...], _Child]):
+    """A dict that stops remembering once full (lookups then fall through to labels())."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self._capacity = capacity
+
+    def __setitem__(self, key: tuple[object, ...], child: _Child) -> None:
+        if len(self) < self._capacity:
+            super().__setitem__(key, child)
 
 
 def _from_table(value: str | None, table: frozenset[str], fallback: str = OTHER) -> str:
@@ -175,6 +189,8 @@ class _Metrics:
         """(Re)create every metric in a fresh registry with the current value backend."""
         r = self.registry = CollectorRegistry(auto_describe=True)
         self._listeners: dict[str, _ListenerSeries] = {}
+        # Keyed by raw engine strings, so its size is bounded only if they are; cap it anyway.
+        self._handshake_children: _BoundedCache[Counter] = _BoundedCache(4096)
         self._build_connection_metrics(r)
         self._build_tls_metrics(r)
         self._build_backend_metrics(r)
@@ -365,6 +381,29 @@ class _Metrics:
             series = self._listeners[name] = _ListenerSeries.create(self, _config_name(name))
         return series
 
+    def handshake_series(
+        self,
+        listener: str,
+        version: str,
+        cipher_suite: str,
+        group: str | None,
+        resumed: bool,
+        hello_retry: bool,
+    ) -> Counter:
+        """The handshakes child for these facts, cached: labels() is the costliest call here."""
+        key = (listener, version, cipher_suite, group, resumed, hello_retry)
+        child = self._handshake_children.get(key)
+        if child is None:
+            child = self._handshake_children[key] = self.handshakes.labels(
+                listener,
+                _from_table(version, TLS_VERSIONS),
+                _from_table(cipher_suite, CIPHER_SUITES),
+                NO_GROUP if group is None else _from_table(group, GROUPS),
+                _bool_label(resumed),
+                _bool_label(hello_retry),
+            )
+        return child
+
     def metrics(self) -> Iterator[Counter | Gauge | Histogram]:
         """Every metric object of the namespace, in definition order."""
         for value in vars(self).values():
@@ -481,14 +520,10 @@ class ConnectionMetrics:
             return
         self._handshake_done = True
         self._series.handshake_duration.observe(time.monotonic() - self._started)
-        M.handshakes.labels(
-            self._series.name,
-            _from_table(info.version, TLS_VERSIONS),
-            _from_table(info.cipher_suite, CIPHER_SUITES),
-            NO_GROUP if info.group is None else _from_table(info.group, GROUPS),
-            _bool_label(info.resumed),
-            _bool_label(info.hello_retry),
-        ).inc()
+        M.handshake_series(
+            self._series.name, info.version, info.cipher_suite, info.group, info.resumed,
+            info.hello_retry,
+        ).inc()  # fmt: skip
         if info.early_data_accepted:
             M.early_data.labels(self._series.name, "accepted").inc()
         elif offered_early_data:
