@@ -699,12 +699,13 @@ def tlvs_for_handshake(
     the spec defines as properties of the frontend's certificate.  ``early_data``
     says the first bytes forwarded arrived as 0-RTT data.
     """
-    peer = info.peer_certificates[0] if info.peer_certificates else None
+    peer = _client_leaf(info)
     client: int = SSLClientFlags.CLIENT_SSL
     if peer is not None:
-        # Resumed sessions carry the identity from the original handshake.
+        # CERT_SESS: a certificate was presented at some point in this TLS session (a
+        # resumption inherits it); CERT_CONN: on this very connection (spec §2.2.6).
         client |= SSLClientFlags.CLIENT_CERT_SESS
-        if not info.resumed:
+        if info.peer_certificates and not info.resumed:
             client |= SSLClientFlags.CLIENT_CERT_CONN
     ssl = SSLInfo(
         client=client,
@@ -726,6 +727,16 @@ def tlvs_for_handshake(
         early_data=early_data,
         unique_id=unique_id,
     )
+
+
+def _client_leaf(info: HandshakeComplete) -> x509.Certificate | None:
+    """The client's leaf certificate, from this handshake or the resumed session's identity."""
+    if info.peer_certificates:
+        return info.peer_certificates[0]
+    identity = info.client_identity
+    if identity is not None and identity.certificates:
+        return identity.certificates[0]
+    return None
 
 
 def _der(cert: x509.Certificate) -> bytes:

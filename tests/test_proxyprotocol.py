@@ -9,6 +9,7 @@ import struct
 import pytest
 import trio
 import trio.testing
+from certs import Issued, make_leaf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,9 @@ from proxy.proxyprotocol import (
     SSLClientFlags,
     SSLInfo,
     TLVType,
+    certificate_common_name,
+    certificate_key_alg,
+    certificate_sig_alg,
     crc32c,
     encode_v1,
     encode_v2,
@@ -28,6 +32,7 @@ from proxy.proxyprotocol import (
     parse_v2,
     receive_header,
     tls_tlvs,
+    tlvs_for_handshake,
 )
 
 # --- version 1 ------------------------------------------------------------------------------
@@ -474,3 +479,80 @@ def test_parsers_raise_only_proxy_protocol_error_on_near_misses(data: bytes) -> 
             continue
         if result is not None:
             assert 0 < result.length <= len(data)
+
+
+# --- from a completed handshake -------------------------------------------------------------
+
+
+def _handshake(**changes: object) -> object:
+    from tls13.events import HandshakeComplete
+
+    fields: dict[str, object] = dict(
+        version="TLSv1.3",
+        cipher_suite="TLS_AES_128_GCM_SHA256",
+        group="X25519MLKEM768",
+        signature_scheme="ecdsa_secp256r1_sha256",
+        server_name="www.example.com",
+        alpn_protocol="h2",
+        hello_retry=False,
+        resumed=False,
+        early_data_accepted=False,
+    )
+    fields.update(changes)
+    return HandshakeComplete(**fields)  # type: ignore[arg-type]
+
+
+def test_tlvs_for_handshake_without_client_certificate(localhost_leaf: Issued) -> None:
+    info = _handshake()
+    header = encode_v2(
+        ("192.0.2.1", 5000),
+        ("192.0.2.2", 443),
+        tlvs_for_handshake(info, server_certificate=localhost_leaf.cert),  # type: ignore[arg-type]
+    )
+    parsed = parse_v2(header)
+    assert parsed.alpn == b"h2" and parsed.authority == "www.example.com"
+    assert parsed.early_data is False
+    assert parsed.ssl == SSLInfo(
+        client=SSLClientFlags.CLIENT_SSL,
+        verify=1,  # no client certificate: non-zero (spec §2.2.6)
+        version="TLSv1.3",
+        cipher="TLS_AES_128_GCM_SHA256",
+        sig_alg="ecdsa-with-SHA256",
+        key_alg="EC256",
+        group="X25519MLKEM768",
+        sig_scheme="ecdsa_secp256r1_sha256",
+    )
+
+
+def test_tlvs_for_handshake_with_client_certificate(test_ca: Issued) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    client = make_leaf(test_ca, ("alice.example",), client=True)
+    fresh = _handshake(peer_certificates=(client.cert,), alpn_protocol=None, server_name=None)
+    tlvs = tlvs_for_handshake(fresh, early_data=True, include_client_certificate=True)  # type: ignore[arg-type]
+    parsed = parse_v2(encode_v2(("192.0.2.1", 5000), ("192.0.2.2", 443), tlvs))
+    assert parsed.ssl is not None and parsed.alpn is None and parsed.authority is None
+    assert parsed.ssl.client == 0x07 and parsed.ssl.verify == 0
+    assert parsed.ssl.cn == "alice.example"
+    assert parsed.ssl.client_cert == client.cert.public_bytes(Encoding.DER)
+    assert parsed.early_data is True
+
+    from tls13.events import ClientIdentity
+
+    identity = ClientIdentity("CN=alice.example", ("alice.example",), (client.cert,), "ed25519")
+    resumed = _handshake(resumed=True, client_identity=identity)
+    parsed = parse_v2(encode_v2(None, None, tlvs_for_handshake(resumed)))  # type: ignore[arg-type]
+    assert parsed.ssl is not None
+    assert parsed.ssl.client == SSLClientFlags.CLIENT_SSL | SSLClientFlags.CLIENT_CERT_SESS
+    assert parsed.ssl.cn == "alice.example" and parsed.ssl.client_cert is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("rsa2048", "RSA2048"), ("p384", "EC384"), ("ed25519", "ED25519"), ("ed448", "ED448")],
+)
+def test_certificate_key_alg_names(kind: str, expected: str, test_ca: Issued) -> None:
+    leaf = make_leaf(test_ca, ("k.example",), kind=kind)
+    assert certificate_key_alg(leaf.cert) == expected
+    assert certificate_sig_alg(leaf.cert) == "ecdsa-with-SHA256"  # signed by the P-256 CA
+    assert certificate_common_name(leaf.cert) == "k.example"
