@@ -154,6 +154,12 @@ def test_socket_contract() -> None:
     assert unit["Socket"]["ListenStream"] == ["443"]
     assert unit["Socket"]["FileDescriptorName"] == ["https"]
     assert unit["Install"]["WantedBy"] == ["sockets.target"]
+    # Restarting the service must not close port 443 (zero-downtime upgrades): the socket
+    # must not be PartOf= / BindsTo= the service.
+    assert "PartOf" not in unit["Unit"] and "BindsTo" not in unit["Unit"]
+    service = read_unit("tls13-proxy.service")
+    assert "tls13-proxy.socket" in service["Unit"]["Requires"]
+    assert "tls13-proxy.socket" in service["Install"]["Also"]
 
 
 def test_sysusers_and_tmpfiles_entries() -> None:
