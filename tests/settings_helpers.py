@@ -67,16 +67,27 @@ class Workspace:
         write_pair(self.certs, stem, make_leaf(self.ca, names, **kwargs), self.ca)  # type: ignore[arg-type]
 
     def load(self, text: str) -> Settings:
-        return load_settings(self.write(text))
+        """Load a valid configuration; its warnings must name the file they come from."""
+        path = self.write(text)
+        settings = load_settings(path)
+        self._check_files(list(settings.warnings), path)
+        return settings
 
     def errors(self, text: str, name: str = "proxy.toml") -> list[ConfigProblem]:
-        """The problems of a configuration expected to be invalid."""
+        """The problems of a configuration expected to be invalid (each naming its file)."""
         path = self.write(text, name)
         try:
             load_settings(path)
         except ConfigError as exc:
+            self._check_files(exc.problems + exc.warnings, path)
             return exc.problems
         raise AssertionError("configuration unexpectedly valid")
+
+    def _check_files(self, problems: list[ConfigProblem], main: Path) -> None:
+        # Problems of the main file name it; included snippets live under the same root.
+        for problem in problems:
+            assert problem.file == str(main) or problem.file.startswith(f"{self.root}/"), problem
+            assert problem.key and problem.message, problem
 
 
 _CA: Issued | None = None
