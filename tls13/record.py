@@ -236,7 +236,8 @@ class RecordLayer:
             if content_type == HANDSHAKE:
                 # A plaintext handshake record (ClientHello2 after HRR) ends any skipping.
                 self._skip_budget = None
-        return content_type, bytes(self._in[start:end])
+        with memoryview(self._in) as view:
+            return content_type, bytes(view[start:end])
 
     def _decrypt(self, start: int, end: int) -> tuple[int, bytes] | None:
         """Deprotect a TLSCiphertext (§5.2); None when a declined 0-RTT record is dropped."""
@@ -301,7 +302,7 @@ class RecordLayer:
 
     def _max_fragment(self) -> int:
         """Largest content per protected record: the peer's limit minus the type byte."""
-        return min(MAX_PLAINTEXT, self.peer_record_limit - 1)
+        return max(1, min(MAX_PLAINTEXT, self.peer_record_limit - 1))
 
     def _write_plaintext(self, content_type: int, payload: bytes | bytearray | memoryview) -> None:
         if content_type == APPLICATION_DATA:
