@@ -683,7 +683,18 @@ def set_backend_up(pool: str, server: str, up: bool) -> None:
 
 
 def config_reloaded(success: bool) -> None:
-    """A configuration reload attempt finished (SIGHUP, systemd reload)."""
+    """A configuration reload attempt finished (SIGHUP, systemd reload).
+
+    With workers, the parent validates and counts each reload; a worker then reloads in place
+    and may call this too.  A worker's call therefore only records a *failure* (the reload did
+    not take effect there: the failure counter moves and the "last reload successful" gauge
+    drops to 0, as the most recent observation); its success would double-count the parent's.
+    """
+    if _is_worker_process():
+        if not success:
+            M.config_reload_failures.inc()
+            M.config_last_reload_successful.set(0)
+        return
     M.config_reloads.inc()
     if success:
         M.config_last_reload_success_timestamp.set(time.time())
@@ -770,6 +781,15 @@ def _multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
+# The pid that called setup_multiprocess (the parent); None in a single-process daemon.
+_multiprocess_owner: int | None = None
+
+
+def _is_worker_process() -> bool:
+    """True in a worker of a multi-process daemon (forked or spawned by the parent)."""
+    return _multiprocess_dir() is not None and _multiprocess_owner != os.getpid()
+
+
 def setup_multiprocess(directory: str | os.PathLike[str]) -> Path:
     """Parent, before starting workers: aggregate all processes' metrics through ``directory``.
 
@@ -782,6 +802,8 @@ def setup_multiprocess(directory: str | os.PathLike[str]) -> Path:
     for stale in path.glob("*.db"):
         stale.unlink()
     os.environ[MULTIPROC_ENV] = str(path)
+    global _multiprocess_owner
+    _multiprocess_owner = os.getpid()
     values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
     _certificates_seen.clear()
     M._build()
@@ -806,6 +828,8 @@ def cleanup_multiprocess() -> None:
     values.close_all_multiprocess_files()  # type: ignore[no-untyped-call]
     shutil.rmtree(path, ignore_errors=True)
     os.environ.pop(MULTIPROC_ENV, None)
+    global _multiprocess_owner
+    _multiprocess_owner = None
     values.ValueClass = values.MutexValue
     M._build()
 

@@ -274,6 +274,7 @@ def run_worker(name: str, count: int, parent_metrics_inode: int = -1) -> None:
     from proxy import metrics
 
     metrics.worker_started()
+    metrics.config_reloaded(True)  # an in-place reload: the parent already counted it
     drive_connections(count)
     open_conn = metrics.ConnectionMetrics(LISTENER)
     metrics.set_backend_up(POOL, SERVERS[0], name == "spawn")
@@ -326,10 +327,14 @@ def run_parent(directory: str, count: int) -> None:
         metrics.worker_restarted()
         return "killed"
 
+    def reload(outcome: str) -> str:
+        metrics.config_reloaded(outcome == "ok")
+        return "reloaded"
+
     try:
         # The forked worker's report goes straight to our stdout (shared); print the other.
         print(spawned_report, flush=True)
-        _serve_until_quit(server.address[1], {"kill": kill})
+        _serve_until_quit(server.address[1], {"kill": kill, "reload": reload})
     finally:
         for name, pid in workers.items():
             os.kill(pid, signal.SIGKILL)

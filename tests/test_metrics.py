@@ -260,6 +260,18 @@ def test_config_reload_metrics() -> None:
     assert (reloads.change, failures.change) == (2, 1)
 
 
+def test_worker_reload_reports_only_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a worker (multi-process dir inherited, not owned) the parent has counted the reload."""
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, "/nonexistent-inherited-dir")
+    reloads = Delta("tls13proxy_config_reloads_total")
+    failures = Delta("tls13proxy_config_reload_failures_total")
+    metrics.config_reloaded(True)
+    assert (reloads.change, failures.change) == (0, 0)
+    metrics.config_reloaded(False)
+    assert (reloads.change, failures.change) == (0, 1)
+    assert value("tls13proxy_config_last_reload_successful") == 0
+
+
 def test_certificates_are_replaced_and_ocsp_age_is_computed_at_scrape() -> None:
     issued = make_ca("metrics test CA")
     now = datetime.datetime.now(datetime.timezone.utc)

@@ -66,11 +66,14 @@ def test_two_worker_processes_aggregate_into_one_view(tmp_path: Path) -> None:
         # Merged series carry no pid label (livemostrecent/livesum/max modes).
         assert not any("pid" in dict(labels) for _, labels in before.samples)
         assert before.value("tls13proxy_config_last_reload_successful") == 1
+        assert before.value("tls13proxy_config_reloads_total") == 0, "workers must not count"
         assert before.value("tls13proxy_build_info", **_build_labels(before)) == 1
         if PROMTOOL:
             checked = promtool_check_metrics(scrape(port))
             assert checked.returncode == 0, checked.stdout + checked.stderr
 
+        assert command(proc, "reload ok") == "reloaded"
+        assert parse_exposition(scrape(port)).value("tls13proxy_config_reloads_total") == 1
         assert command(proc, "kill fork") == "killed"
         after = parse_exposition(scrape(port))
         # Counters of the dead worker survive; its live gauges are gone, so the backend state
