@@ -653,7 +653,7 @@ def _expand_include(pattern: str, base_dir: Path, where: Where) -> list[Path]:
         if not full.is_file():
             where.error(f"included file {full} does not exist")
             return []
-        return [full]
+        return [full.resolve()]
     anchor = Path(full.anchor)
     return sorted(p for p in anchor.glob(str(full.relative_to(anchor))) if p.is_file())
 
