@@ -179,15 +179,6 @@ async def watchdog_loop(
         await trio.sleep(period)
 
 
-class ActivatedSocket(socket.socket):
-    """A socket passed by systemd; ``fd_name`` is its ``FileDescriptorName=``.
-
-    (Plain :class:`socket.socket` objects cannot carry extra attributes.)
-    """
-
-    fd_name: str = UNKNOWN_FD_NAME
-
-
 def _listen_fd_count(env: Mapping[str, str]) -> int:
     """How many descriptors systemd passed to *this* process (0 if none or not ours)."""
     pid_text = env.get("LISTEN_PID", "")
@@ -214,7 +205,7 @@ def _listen_fd_names(env: Mapping[str, str], count: int) -> list[str]:
     return names
 
 
-def listen_fds_with_names(unset_environment: bool = True) -> list[tuple[str, ActivatedSocket]]:
+def listen_fds_with_names(unset_environment: bool = True) -> list[tuple[str, socket.socket]]:
     """Sockets passed by socket activation, as ``(FileDescriptorName, socket)`` pairs.
 
     Descriptors are marked close-on-exec and wrapped in :class:`socket.socket`
@@ -228,33 +219,43 @@ def listen_fds_with_names(unset_environment: bool = True) -> list[tuple[str, Act
     if unset_environment:
         for name in _LISTEN_VARIABLES:
             os.environ.pop(name, None)
-    activated: list[tuple[str, ActivatedSocket]] = []
+    activated: list[tuple[str, socket.socket]] = []
     for index, name in enumerate(names):
         fd = SD_LISTEN_FDS_START + index
-        sock = _adopt_socket(fd, name)
+        sock = _adopt_socket(fd)
         if sock is not None:
             activated.append((name, sock))
     return activated
 
 
-def listen_fds(unset_environment: bool = True) -> list[ActivatedSocket]:
-    """Sockets passed by socket activation, each with its ``fd_name`` (see
-    :func:`listen_fds_with_names`)."""
+def listen_fds(unset_environment: bool = True) -> list[socket.socket]:
+    """Sockets passed by socket activation (see :func:`listen_fds_with_names`)."""
     return [sock for _, sock in listen_fds_with_names(unset_environment)]
 
 
-def _adopt_socket(fd: int, name: str) -> ActivatedSocket | None:
+def listen_fds_by_name(unset_environment: bool = True) -> dict[str, list[socket.socket]]:
+    """Sockets passed by socket activation, grouped by ``FileDescriptorName=``.
+
+    The sockets are plain :class:`socket.socket` objects (trio's
+    ``from_stdlib_socket`` accepts nothing else), so their names live only here.
+    """
+    grouped: dict[str, list[socket.socket]] = {}
+    for name, sock in listen_fds_with_names(unset_environment):
+        grouped.setdefault(name, []).append(sock)
+    return grouped
+
+
+def _adopt_socket(fd: int) -> socket.socket | None:
     """Wrap an inherited descriptor; None (and the fd closed) if it is not a usable socket."""
     try:
         flags = fcntl.fcntl(fd, fcntl.F_GETFD)
         fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
-        sock = ActivatedSocket(fileno=fd)
+        sock = socket.socket(fileno=fd)
     except OSError as exc:
         log.warning("inherited descriptor %d is not a socket (%s); ignoring it", fd, exc)
         if exc.errno != errno.EBADF:
             os.close(fd)
         return None
-    sock.fd_name = name
     return sock
 
 

@@ -157,14 +157,14 @@ def test_watchdog_loop_returns_without_watchdog(monkeypatch: pytest.MonkeyPatch)
 
 CHILD = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os, socket, sys
     sys.path.insert(0, sys.argv[1])
     from proxy import systemd
     pairs = systemd.listen_fds_with_names()
     report = {
         "sockets": [
             [name, int(s.family), int(s.type), list(s.getsockname())[:2], s.fileno(),
-             s.get_inheritable(), s.fd_name]
+             s.get_inheritable(), type(s) is socket.socket]
             for name, s in pairs
         ],
         "env": {k: os.environ.get(k) for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")},
@@ -211,7 +211,7 @@ def test_listen_fds_under_systemd_socket_activate(tmp_path: Path) -> None:
         activator.kill()
         activator.wait(10)
     assert [s[0] for s in report["sockets"]] == ["https", "alt"]
-    assert [s[6] for s in report["sockets"]] == ["https", "alt"]
+    assert all(s[6] for s in report["sockets"]), "trio accepts only exact socket.socket"
     assert [s[3] for s in report["sockets"]] == [["127.0.0.1", port_a], ["127.0.0.1", port_b]]
     assert [s[4] for s in report["sockets"]] == [3, 4]
     assert all(s[1] == socket.AF_INET and s[2] == socket.SOCK_STREAM for s in report["sockets"])
@@ -274,6 +274,35 @@ def test_listen_fds_skips_non_sockets_and_defaults_names(tmp_path: Path) -> None
     assert isinstance(sockets, list) and len(sockets) == 1
     assert sockets[0][0] == systemd.UNKNOWN_FD_NAME  # one name for two fds: not trusted
     assert sockets[0][4] == 3
+
+
+def test_listen_fds_by_name_groups_sockets(tmp_path: Path) -> None:
+    script = tmp_path / "by_name.py"
+    script.write_text(
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from proxy import systemd\n"
+        "grouped = systemd.listen_fds_by_name()\n"
+        "print(json.dumps({k: [s.fileno() for s in v] for k, v in grouped.items()}))\n"
+    )
+    first, second = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    try:
+        command = (
+            f"exec 3<&{first.fileno()} 4<&{second.fileno()}; "
+            f"LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=https:https exec {sys.executable} {script}"
+        )
+        result = subprocess.run(
+            ["bash", "-c", command],
+            pass_fds=(first.fileno(), second.fileno()),
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+    finally:
+        first.close()
+        second.close()
+    assert result.returncode == 0, result.stderr.decode()
+    assert json.loads(result.stdout) == {"https": [3, 4]}
 
 
 def test_listen_fds_without_activation_is_empty(monkeypatch: pytest.MonkeyPatch) -> None:
