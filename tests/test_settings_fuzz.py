@@ -80,7 +80,7 @@ def toml_document(document: dict[str, Any]) -> str:
     return "".join(f"{json.dumps(key)} = {toml_value(value)}\n" for key, value in document.items())
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(documents)
 def test_arbitrary_documents_load_or_fail_cleanly(document: dict[str, Any]) -> None:
     text = toml_document(document)
