@@ -289,12 +289,18 @@ def test_replayed_record_fails_sequence_check() -> None:
         (b"\x17\x03\x03\x00\x05hello", AlertDescription.unexpected_message),
         (b"\x18\x03\x03\x00\x01x", AlertDescription.unexpected_message),
         (b"GET / HTTP/1.1\r\n", AlertDescription.unexpected_message),
-        (b"\x16\x02\x00\x00\x01x", AlertDescription.protocol_version),
-        (b"\x16\x03\x04\x00\x01x", AlertDescription.protocol_version),
     ],
 )
 def test_bad_plaintext_records(wire: bytes, alert: AlertDescription) -> None:
     assert _read_error(wire, protected=False) == alert
+
+
+@pytest.mark.parametrize("version", [b"\x03\x00", b"\x03\x01", b"\x03\x02", b"\x03\x04"])
+def test_plaintext_record_version_is_ignored(version: bytes) -> None:
+    """rfc8446bis §5.1: TLSPlaintext.legacy_record_version MUST be ignored."""
+    reader = RecordLayer()
+    reader.receive(b"\x16" + version + b"\x00\x02hi")
+    assert reader.next_record() == (HANDSHAKE, b"hi")
 
 
 def test_ciphertext_overflow() -> None:

@@ -41,7 +41,6 @@ MAX_CIPHERTEXT = MAX_PLAINTEXT + 256  # §5.2: TLSCiphertext.length <= 2^14 + 25
 _MAX_RECORD = HEADER_LEN + MAX_CIPHERTEXT
 
 _TLS12 = 0x0303
-_TLS10 = 0x0301  # §5.1: allowed in the record carrying an initial ClientHello
 _SEQ_LIMIT = 1 << 64  # §5.3: sequence numbers must never wrap
 _UPDATE_MARGIN = 1 << 12  # ask for a KeyUpdate this many records before an AEAD limit
 _HEADER_APPDATA = bytes((APPLICATION_DATA, 3, 3))  # §5.2: opaque_type 23, version 0x0303
@@ -217,11 +216,11 @@ class RecordLayer:
             self._read is not None or self._skip_budget is not None
         ):
             if version != _TLS12:
+                # rfc8446bis §E.2: TLSCiphertext's version MAY be validated (it is also in the AAD).
                 raise TLSError(AlertDescription.protocol_version, "bad legacy_record_version")
             return self._decrypt(start, end)
-        # An unprotected record: §5.1 TLSPlaintext.
-        if version not in (_TLS12, _TLS10):
-            raise TLSError(AlertDescription.protocol_version, "bad legacy_record_version")
+        # An unprotected record: §5.1 TLSPlaintext.  rfc8446bis §5.1 / Appendix E.2: its
+        # legacy_record_version MUST be ignored (clients send various TLS 1.x values there).
         length = end - start
         if length > MAX_PLAINTEXT:
             raise TLSError(AlertDescription.record_overflow, "plaintext record longer than 2^14")
