@@ -353,8 +353,16 @@ def test_aead_limit_flags_write_needs_update() -> None:
     assert not chacha.write_needs_update
 
 
+def test_aead_limit_is_a_hard_stop_for_writing() -> None:
+    writer, _ = _pair()
+    writer._write.seq = int(2**24.5)  # type: ignore[union-attr]
+    with pytest.raises(TLSError) as excinfo:
+        writer.write(APPLICATION_DATA, b"x")
+    assert _alert_of(excinfo) == AlertDescription.internal_error
+
+
 def test_sequence_number_never_wraps() -> None:
-    writer, reader = _pair()
+    writer, reader = _pair(0x1303)  # ChaCha20: no AEAD limit below the sequence space
     writer._write.seq = 2**64 - 1  # type: ignore[union-attr]
     with pytest.raises(TLSError) as excinfo:
         writer.write(APPLICATION_DATA, b"x")

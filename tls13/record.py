@@ -64,14 +64,15 @@ class _Direction:
         self.aead: AEAD = suite.aead_factory(key)
         self.iv = int.from_bytes(iv, "big")
         self.seq = 0
-        self.limit = min(suite.max_records, _SEQ_LIMIT)
+        self.limit = min(suite.max_records, _SEQ_LIMIT - 1)
         self.tag_len = suite.tag_len
 
     def next_nonce(self) -> bytes:
         """§5.3: the per-record nonce is the IV XOR the left-padded 64-bit sequence number."""
         seq = self.seq
-        if seq >= _SEQ_LIMIT - 1:
-            raise TLSError(AlertDescription.internal_error, "record sequence number exhausted")
+        if seq >= self.limit:
+            # §5.5: never exceed the AEAD limit (nor wrap, §5.3): the caller had to KeyUpdate.
+            raise TLSError(AlertDescription.internal_error, "key usage limit reached")
         self.seq = seq + 1
         return (self.iv ^ seq).to_bytes(12, "big")
 

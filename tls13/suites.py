@@ -62,9 +62,10 @@ def _ccm8(key: bytes) -> AEAD:
 
 
 # RFC 8446 §5.5: AES-GCM may protect at most 2^24.5 full-size records per key;
-# ChaCha20-Poly1305 and AES-CCM have no practical limit below 2^64 (we use the
-# same conservative figure for CCM as GCM since it uses AES-CTR + CBC-MAC).
+# ChaCha20-Poly1305 has no limit below the 2^64 sequence space.  AES-CCM (and
+# CCM_8) use the lower 2^23.5 that RFC 9147 §4.5.3 derives for CCM's confidentiality.
 _GCM_LIMIT = int(2**24.5)
+_CCM_LIMIT = int(2**23.5)
 
 _SHA256 = hashes.SHA256()
 _SHA384 = hashes.SHA384()
@@ -78,10 +79,10 @@ _ROWS = (
     ),
     CipherSuite(0x1303, "TLS_CHACHA20_POLY1305_SHA256", _SHA256, 32, 32, 16, ChaCha20Poly1305),
     CipherSuite(
-        0x1304, "TLS_AES_128_CCM_SHA256", _SHA256, 32, 16, 16, _ccm16, max_records=_GCM_LIMIT
+        0x1304, "TLS_AES_128_CCM_SHA256", _SHA256, 32, 16, 16, _ccm16, max_records=_CCM_LIMIT
     ),
     CipherSuite(
-        0x1305, "TLS_AES_128_CCM_8_SHA256", _SHA256, 32, 16, 8, _ccm8, max_records=_GCM_LIMIT
+        0x1305, "TLS_AES_128_CCM_8_SHA256", _SHA256, 32, 16, 8, _ccm8, max_records=_CCM_LIMIT
     ),
 )
 
