@@ -269,9 +269,19 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 
 def start_openssl_server(
-    port: int, cert: str, key: str, extra: Sequence[str] = (), mode: str = "-www", naccept: int = 2
+    port: int,
+    cert: str,
+    key: str,
+    extra: Sequence[str] = (),
+    mode: str = "-www",
+    naccept: int = 2,
+    stdout: Any = subprocess.DEVNULL,
 ) -> subprocess.Popen[bytes]:
-    """``openssl s_server`` for TLS 1.3 on loopback; the readiness probe counts as one accept."""
+    """``openssl s_server`` for TLS 1.3 on loopback; the readiness probe counts as one accept.
+
+    ``mode`` is -www, -rev... or "" for the plain mode that prints what it
+    receives to ``stdout`` (the only mode that accepts 0-RTT).
+    """
     command = [
         OPENSSL,
         "s_server",
@@ -284,11 +294,11 @@ def start_openssl_server(
         "-tls1_3",
         "-naccept",
         str(naccept),
-        mode,
+        *([mode] if mode else ["-quiet"]),
         *extra,
     ]
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    # In plain mode s_server stops serving when its stdin ends, so keep a pipe open.
+    stdin = subprocess.PIPE if not mode else subprocess.DEVNULL
+    process = subprocess.Popen(command, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
     wait_for_port(port, process)
     return process

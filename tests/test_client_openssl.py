@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from certs import Issued, make_ca, make_leaf, write_pair
@@ -71,11 +72,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 def openssl(pki: dict[str, object], processes: list[subprocess.Popen[bytes]]) -> Iterator[object]:
     """A factory: start an s_server with extra arguments, return its port."""
 
-    def start(*extra: str, mode: str = "-www", rsa: bool = False) -> int:
+    def start(*extra: str, mode: str = "-www", rsa: bool = False, naccept: int = 2) -> int:
         port = free_port()
         cert = pki["rsa_cert" if rsa else "cert"]
         key = pki["rsa_key" if rsa else "key"]
-        process = start_openssl_server(port, str(cert), str(key), extra, mode=mode)
+        process = start_openssl_server(port, str(cert), str(key), extra, mode=mode, naccept=naccept)
         processes.append(process)
         return port
 
@@ -230,3 +231,174 @@ def test_wrong_server_name_is_rejected(pki: dict[str, object], openssl: object) 
         AlertDescription.bad_certificate,
         AlertDescription.certificate_unknown,
     )
+
+
+# --------------------------------------------------------------------- resumption and 0-RTT
+
+
+def _first_ticket(pki: dict[str, object], port: int, **config: object) -> object:
+    client = SocketClient(_client(pki, **config), port)
+    try:
+        client.handshake()
+        client.conn.send_data(b"first\n")
+        client.until(
+            lambda: any(isinstance(e, events.NewSessionTicketReceived) for e in client.events)
+        )
+        client.conn.close()
+        client.flush()
+    finally:
+        client.close()
+    ticket = next(e for e in client.events if isinstance(e, events.NewSessionTicketReceived))
+    return ticket.ticket
+
+
+def _early_server(
+    pki: dict[str, object],
+    processes: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+    *extra: str,
+) -> tuple[int, Path, subprocess.Popen[bytes]]:
+    """A plain-mode s_server accepting 0-RTT: it prints what it receives to a file."""
+    port = free_port()
+    output = tmp_path / "received"
+    with output.open("wb") as sink:
+        process = start_openssl_server(
+            port,
+            str(pki["cert"]),
+            str(pki["key"]),
+            ["-early_data", "-max_early_data", "16384", "-num_tickets", "1", *extra],
+            mode="",
+            naccept=3,
+            stdout=sink,
+        )
+    processes.append(process)
+    return port, output, process
+
+
+def _finish(client: SocketClient, process: subprocess.Popen[bytes]) -> None:
+    client.conn.close()
+    client.flush()
+    client.close()
+    process.wait(timeout=10)  # naccept reached: s_server exits and flushes its output
+
+
+def test_resumption_with_early_data(
+    pki: dict[str, object], processes: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    port, output, process = _early_server(pki, processes, tmp_path)
+    ticket = _first_ticket(pki, port)
+    assert ticket.max_early_data == 16384  # type: ignore[attr-defined]
+    connection = ClientConnection(
+        ClientConfig(ca_certificates=(pki["ca"].cert,)),  # type: ignore[attr-defined]
+        server_name="localhost",
+        session=ticket,  # type: ignore[arg-type]
+    )
+    client = SocketClient(connection, port)
+    try:
+        connection.start()
+        assert connection.early_data_allowed == 16384
+        connection.send_early_data(b"early bytes\n")
+        client.until(lambda: connection.handshake_complete)
+        info = connection.info
+        assert info is not None and info.resumed and info.early_data_accepted
+        assert info.peer_certificates == ()  # a resumed handshake has no Certificate
+        connection.send_data(b"late bytes\n")
+        _finish(client, process)
+    finally:
+        client.close()
+    received = output.read_bytes()
+    assert b"early bytes\n" in received and b"late bytes\n" in received
+
+
+def test_resumption_without_early_data(
+    pki: dict[str, object], processes: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    port, output, process = _early_server(pki, processes, tmp_path)
+    ticket = _first_ticket(pki, port)
+    connection = ClientConnection(
+        ClientConfig(ca_certificates=(pki["ca"].cert,)),  # type: ignore[attr-defined]
+        server_name="localhost",
+        session=ticket,  # type: ignore[arg-type]
+    )
+    client = SocketClient(connection, port)
+    try:
+        # 0-RTT offered but nothing sent: EndOfEarlyData must still close it (§4.5).
+        client.handshake()
+        info = connection.info
+        assert info is not None and info.resumed and info.early_data_accepted
+        connection.send_data(b"only late\n")
+        _finish(client, process)
+    finally:
+        client.close()
+    assert b"only late\n" in output.read_bytes()
+
+
+def test_early_data_after_hello_retry(
+    pki: dict[str, object], processes: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    port, output, process = _early_server(pki, processes, tmp_path, "-groups", "P-256")
+    p256, x25519 = GROUP_CODES["secp256r1"], GROUP_CODES["x25519"]
+    ticket = _first_ticket(pki, port, groups=(p256,), key_share_groups=(p256,))
+    connection = ClientConnection(
+        ClientConfig(
+            ca_certificates=(pki["ca"].cert,),  # type: ignore[attr-defined]
+            groups=(x25519, p256),
+            key_share_groups=(x25519,),
+        ),
+        server_name="localhost",
+        session=ticket,  # type: ignore[arg-type]
+    )
+    client = SocketClient(connection, port)
+    try:
+        connection.start()
+        connection.send_early_data(b"rejected early\n")
+        client.until(lambda: connection.handshake_complete)
+        info = connection.info
+        # OpenSSL's anti-replay consumed the ticket with ClientHello1, so the
+        # handshake after the retry may be a full one; 0-RTT is rejected either way.
+        assert info is not None and info.hello_retry
+        assert not info.early_data_accepted
+        assert any(isinstance(e, events.EarlyDataRejected) for e in client.events)
+        connection.send_data(b"resent\n")
+        _finish(client, process)
+    finally:
+        client.close()
+    received = output.read_bytes()
+    assert b"resent\n" in received and b"rejected early" not in received
+
+
+def test_resumption_after_hello_retry(pki: dict[str, object], openssl: object) -> None:
+    # The binder of ClientHello2 covers message_hash(CH1) + HRR + truncated CH2 (§4.2.11.2).
+    port = openssl("-groups", "P-256", naccept=3)  # type: ignore[operator]
+    p256, x25519 = GROUP_CODES["secp256r1"], GROUP_CODES["x25519"]
+    ticket = _first_ticket(pki, port, groups=(p256,), key_share_groups=(p256,))
+    connection = ClientConnection(
+        ClientConfig(
+            ca_certificates=(pki["ca"].cert,),  # type: ignore[attr-defined]
+            groups=(x25519, p256),
+            key_share_groups=(x25519,),
+        ),
+        server_name="localhost",
+        session=ticket,  # type: ignore[arg-type]
+    )
+    client = SocketClient(connection, port)
+    try:
+        info = client.handshake()
+        assert info.hello_retry and info.resumed and info.group == "secp256r1"
+        assert _get_status_page(client).startswith(b"HTTP/1.0 200 ok")
+    finally:
+        client.close()
+
+
+def test_expired_ticket_is_not_offered(pki: dict[str, object], openssl: object) -> None:
+    port = openssl(naccept=3)  # type: ignore[operator]
+    ticket = _first_ticket(pki, port)
+    later = ticket.received_at + ticket.lifetime + 1  # type: ignore[attr-defined]
+    connection = ClientConnection(
+        ClientConfig(ca_certificates=(pki["ca"].cert,), clock=lambda: later),  # type: ignore[attr-defined]
+        server_name="localhost",
+        session=ticket,  # type: ignore[arg-type]
+    )
+    connection.start()
+    hello = connection.data_to_send()
+    assert ticket.ticket not in hello  # type: ignore[attr-defined]

@@ -382,8 +382,10 @@ class ClientConnection(Connection):
             # §4.1.4: a retry that would not change the ClientHello is illegal.
             raise illegal_parameter("HelloRetryRequest changes nothing")
         if self._early_offered:
-            # §4.2.10: 0-RTT is rejected by a HelloRetryRequest; drop the early keys.
+            # §4.2.10: 0-RTT is rejected by a HelloRetryRequest; ClientHello2 goes out
+            # in the clear again, so the early keys are dropped.
             self._reject_early_data()
+            self._drop_write_protection()
         # §4.4.1: ClientHello1 becomes message_hash in the transcript.
         self._transcript.set_hash(suite.hash)
         self._transcript.replace_with_message_hash()
@@ -426,8 +428,12 @@ class ClientConnection(Connection):
         psk = self._accepted_psk(hello, suite)
         share = hello.key_share()
         if share is None:
-            # We only offer psk_dhe_ke, so a key share is mandatory (§4.2.9).
-            raise TLSError(AlertDescription.missing_extension, "ServerHello lacks key_share")
+            # We only offer psk_dhe_ke, so a key share is mandatory (§4.2.9); with a
+            # PSK selected its absence is illegal_parameter (§4.2.11).
+            alert = AlertDescription.missing_extension if psk is None else None
+            if alert is None:
+                raise illegal_parameter("psk_dhe_ke selected without a key share")
+            raise TLSError(alert, "ServerHello lacks key_share")
         private = self._shares.get(share.group)
         if private is None:
             raise illegal_parameter("server key share is for a group we did not send")
@@ -484,6 +490,15 @@ class ClientConnection(Connection):
             self._send_compat_ccs()
         self._set_write_secret(self._client_hs_secret)
 
+    def _drop_write_protection(self) -> None:
+        """Return our write side to plaintext records (ClientHello2 after 0-RTT keys).
+
+        RecordLayer offers no public way back to plaintext, the one case in
+        TLS 1.3 that needs it; until it does, reset its write direction here.
+        """
+        self._flush_handshake()
+        self._record._write = None
+
     def _reject_early_data(self) -> None:
         """0-RTT was declined: stop sending it and tell the user to resend (§4.2.10)."""
         self._early_offered = False
@@ -505,15 +520,24 @@ class ClientConnection(Connection):
         if limit is not None:
             self._record.peer_record_limit = min(limit, 16385) - 1
         if message.early_data():
-            if not self._early_offered:
-                raise illegal_parameter("early_data accepted but not offered on this hello")
-            self._early_accepted = True
+            self._accept_early_data()
         elif self._early_offered:
             self._reject_early_data()
         self._transcript.update(raw)
         if self._resumed:
             return ClientState.WAIT_FINISHED
         return ClientState.WAIT_CERT_CR
+
+    def _accept_early_data(self) -> None:
+        """§4.2.10: 0-RTT is only valid for the ticket's suite and ALPN protocol."""
+        offered = self._offered_psk
+        if not self._early_offered or offered is None:
+            raise illegal_parameter("early_data accepted but not offered on this hello")
+        ticket = offered.ticket
+        assert self._suite is not None
+        if self._suite.code != ticket.cipher_suite or self._alpn != ticket.alpn_protocol:
+            raise illegal_parameter("0-RTT accepted with another cipher suite or ALPN")
+        self._early_accepted = True
 
     # ------------------------------------------------------------------ server authentication
 
