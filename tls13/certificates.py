@@ -85,9 +85,8 @@ class CertificateChain:
         if not self.certificates:
             raise CertificateError("a certificate chain needs at least the leaf certificate")
         leaf = self.certificates[0]
-        if leaf.public_key().public_bytes(*_SPKI) != self.private_key.public_key().public_bytes(
-            *_SPKI
-        ):
+        leaf_spki = leaf.public_key().public_bytes(*_SPKI)
+        if leaf_spki != self.private_key.public_key().public_bytes(*_SPKI):
             raise CertificateError("the private key does not match the leaf certificate")
         kind = certificate_key_kind(leaf)
         if kind is None or key_kind(self.private_key) is None:
