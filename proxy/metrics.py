@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import cryptography
 from prometheus_client import (
@@ -43,6 +43,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
+    mmap_dict,
     multiprocess,
     values,
 )
@@ -811,13 +812,56 @@ def setup_multiprocess(directory: str | os.PathLike[str]) -> Path:
 
 
 def mark_worker_dead(pid: int) -> None:
-    """Parent, after reaping a worker: drop its live gauges (active connections, health…).
+    """Parent, after reaping a worker: drop its live gauges and fold the rest into archives.
 
-    Its counters and histograms stay in the directory so totals never go backwards.
+    Live gauges (active connections, health…) of the dead worker disappear.  Its counters,
+    histograms and other gauges are merged into ``*_archive.db`` files so totals never go
+    backwards while the directory does not grow with every restart of a crash-looping worker.
     """
     path = _multiprocess_dir()
-    if path is not None:
+    if path is None:
+        return
+    with _files_lock:
         multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+        for dead in sorted(Path(path).glob(f"*_{pid}.db")):
+            _fold_into_archive(dead, dead.name[: -len(f"_{pid}.db")])
+
+
+# Serialises archive folding with scrapes (both run in the parent): a scrape must never see a
+# dead worker's values twice (archive updated, file not yet removed) or not at all.
+_files_lock = threading.Lock()
+
+# prometheus-client's per-process file format (untyped upstream).
+_MmapedDict: Any = mmap_dict.MmapedDict
+
+_ARCHIVE_MERGE = {
+    "counter": lambda old, new: new[0] + old[0],
+    "histogram": lambda old, new: new[0] + old[0],
+    "gauge_sum": lambda old, new: new[0] + old[0],
+    "gauge_max": lambda old, new: max(old[0], new[0]),
+    "gauge_min": lambda old, new: min(old[0], new[0]),
+}
+
+
+def _fold_into_archive(dead: Path, kind: str) -> None:
+    """Merge one dead process's file (``kind`` = counter, gauge_max, …) into its archive."""
+    if kind not in _ARCHIVE_MERGE and kind != "gauge_mostrecent":
+        return  # per-process gauges ("all") keep their pid-labelled file
+    archive = _MmapedDict(str(dead.with_name(f"{kind}_archive.db")))
+    try:
+        existing = {key: (value, ts) for key, value, ts in archive.read_all_values()}
+        for key, value, ts, _ in _MmapedDict.read_all_values_from_file(str(dead)):
+            old = existing.get(key)
+            if old is None:
+                merged = (value, ts)
+            elif kind == "gauge_mostrecent":
+                merged = (value, ts) if ts >= old[1] else old
+            else:
+                merged = (_ARCHIVE_MERGE[kind](old, (value, ts)), 0.0)
+            archive.write_value(key, *merged)
+    finally:
+        archive.close()
+    dead.unlink()
 
 
 def cleanup_multiprocess() -> None:
@@ -859,7 +903,9 @@ class _ExpositionCollector(Collector):
             labels=["certificate"],
         )
         now = time.time()
-        for family in self._source.collect():
+        with _files_lock:
+            families = list(self._source.collect())
+        for family in families:
             if family.name == M.ocsp_staple_produced._name:
                 for sample in family.samples:
                     if not math.isnan(sample.value):

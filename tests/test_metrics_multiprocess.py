@@ -20,6 +20,8 @@ from metrics_helpers import (
     stop,
 )
 
+from proxy import metrics
+
 CONNECTIONS_PER_WORKER = 7
 
 pytestmark = pytest.mark.timeout(90)
@@ -83,10 +85,32 @@ def test_two_worker_processes_aggregate_into_one_view(tmp_path: Path) -> None:
         assert after.value("tls13proxy_worker_processes") == 1
         assert after.value("tls13proxy_worker_restarts_total") == 1
         assert after.value("tls13proxy_backend_up", pool=POOL, server=SERVERS[0]) == 1.0
+        # The dead worker's files were folded into archives: the directory does not grow.
+        assert list(directory.glob(f"*_{reports['fork']['pid']}.db")) == []
+        assert (directory / "counter_archive.db").exists()
+
+        assert command(proc, "kill spawn") == "killed"
+        last = parse_exposition(scrape(port))
+        assert last.value("tls13proxy_connections_accepted_total", listener=LISTENER) == total + 2
+        assert last.value("tls13proxy_sent_bytes_total", listener=LISTENER) == total * 2000
+        assert last.total("tls13proxy_handshakes_total") == total
+        assert last.value("tls13proxy_handshake_duration_seconds_count", listener=LISTENER) == (
+            total
+        )
+        # No live process holds a connection (the series may vanish with its last writer).
+        assert not last.value("tls13proxy_connections_active", listener=LISTENER)
+        assert last.value("tls13proxy_worker_restarts_total") == 2
+        assert last.value("tls13proxy_config_reloads_total") == 1
+        pids = {p.stem.rsplit("_", 1)[-1] for p in directory.glob("*.db")}
+        assert pids <= {"archive", str(parent_pid(proc))}
     finally:
         stop(proc)
     assert proc.returncode == 0
     assert not directory.exists(), "parent must remove its multi-process directory at exit"
+
+
+def parent_pid(proc: object) -> int:
+    return int(proc.pid)  # type: ignore[attr-defined]
 
 
 def _build_labels(exposition: object) -> dict[str, str]:
@@ -107,3 +131,48 @@ def test_setup_multiprocess_removes_stale_files(tmp_path: Path) -> None:
         assert "999999" not in scrape(port)
     finally:
         stop(proc)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("counter", 8.0),
+        ("histogram", 8.0),
+        ("gauge_sum", 8.0),
+        ("gauge_max", 5.0),
+        ("gauge_min", 3.0),
+        ("gauge_mostrecent", 3.0),
+    ],
+)
+def test_fold_into_archive_merges_by_kind(tmp_path: Path, kind: str, expected: float) -> None:
+    from prometheus_client.mmap_dict import MmapedDict
+
+    archive = MmapedDict(str(tmp_path / f"{kind}_archive.db"))
+    archive.write_value("k", 5.0, 10.0)
+    archive.close()
+    dead_path = tmp_path / f"{kind}_4242.db"
+    dead = MmapedDict(str(dead_path))
+    dead.write_value("k", 3.0, 20.0)
+    dead.write_value("new", 7.0, 0.0)
+    dead.close()
+    metrics._fold_into_archive(dead_path, kind)
+    assert not dead_path.exists()
+    merged = {
+        key: value
+        for key, value, _, _ in MmapedDict.read_all_values_from_file(
+            str(tmp_path / f"{kind}_archive.db")
+        )
+    }
+    assert merged == {"k": expected, "new": 7.0}
+
+
+def test_fold_leaves_per_process_gauges_alone(tmp_path: Path) -> None:
+    from prometheus_client.mmap_dict import MmapedDict
+
+    dead_path = tmp_path / "gauge_all_4242.db"
+    dead = MmapedDict(str(dead_path))
+    dead.write_value("k", 1.0, 0.0)
+    dead.close()
+    metrics._fold_into_archive(dead_path, "gauge_all")
+    assert dead_path.exists()
+    assert not (tmp_path / "gauge_all_archive.db").exists()
