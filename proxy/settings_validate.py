@@ -23,6 +23,7 @@ from proxy.settings import (
     PoolSettings,
     RouteSettings,
     Settings,
+    TicketSettings,
     TLSSettings,
     group_names,
     suite_names,
@@ -119,35 +120,32 @@ def _check_tls(tls: TLSSettings, where: Where, inherited: TLSSettings | None = N
         where.at("cipher_suites").error("none of these cipher suites is supported by the engine")
     if not groups:
         where.at("groups").error("none of these groups is supported by the engine")
-    tickets = tls.tickets
-
-    def changed(value: object, attr: str, parent: object) -> bool:
-        return parent is None or getattr(parent, attr) != value
-
-    parent_tickets = inherited.tickets if inherited is not None else None
-    if tickets.key_file is not None and changed(tickets.key_file, "key_file", parent_tickets):
-        check_ticket_key_file(tickets.key_file, where.at("tickets.key_file"))
-    # Only the current and previous keys are kept, so a ticket sealed just before a rotation
-    # stays usable for one rotation interval at least, two at most.
-    if (
-        tickets.key_file is None
-        and tickets.enabled
-        and tickets.lifetime > tickets.rotation_interval
+    if inherited is None or tls.tickets != inherited.tickets:
+        _check_tickets(tls.tickets, where.at("tickets"), inherited.tickets if inherited else None)
+    if tls.keylog_file is not None and (
+        inherited is None or tls.keylog_file != inherited.keylog_file
     ):
-        if changed(tickets, "tickets", inherited):
-            where.at("tickets.lifetime").warn(
-                "longer than tickets.rotation_interval: some tickets will stop working before "
-                "they expire (only the current and previous keys are kept)"
-            )
-    if tls.keylog_file is not None and changed(tls.keylog_file, "keylog_file", inherited):
         check_writable_parent(tls.keylog_file, where.at("keylog_file"))
         where.at("keylog_file").warn(
             "writes every session secret to disk: anyone who reads it can decrypt the traffic; "
             "for debugging only"
         )
-    if tls.max_early_data and not tickets.enabled:
+    if tls.max_early_data and not tls.tickets.enabled:
         where.at("max_early_data").warn("0-RTT needs session tickets, which are disabled")
     return dataclasses.replace(tls, cipher_suites=suites, groups=groups)
+
+
+def _check_tickets(tickets: TicketSettings, where: Where, inherited: TicketSettings | None) -> None:
+    if tickets.key_file is not None:
+        if inherited is None or tickets.key_file != inherited.key_file:
+            check_ticket_key_file(tickets.key_file, where.at("key_file"))
+    # Only the current and previous keys are kept, so a ticket sealed just before a rotation
+    # stays usable for one rotation interval at least, two at most.
+    elif tickets.enabled and tickets.lifetime > tickets.rotation_interval:
+        where.at("lifetime").warn(
+            "longer than tickets.rotation_interval: some tickets will stop working before "
+            "they expire (only the current and previous keys are kept)"
+        )
 
 
 def _check_certificate(
