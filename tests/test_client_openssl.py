@@ -43,6 +43,8 @@ OPENSSL_GROUPS = {
     "ffdhe2048": "ffdhe2048",
     "ffdhe3072": "ffdhe3072",
     "ffdhe4096": "ffdhe4096",
+    "ffdhe6144": "ffdhe6144",
+    "ffdhe8192": "ffdhe8192",
 }
 
 
