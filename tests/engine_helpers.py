@@ -30,6 +30,7 @@ from tls13 import extensions as ext
 from tls13.alerts import TLSError
 from tls13.certificates import CertificateChain, CertificateStore
 from tls13.config import ServerConfig
+from tls13.connection import Connection
 from tls13.extensions import ExtensionType, KeyShareEntry
 from tls13.groups import GROUPS
 from tls13.keyschedule import KeySchedule, finished_verify_data, next_traffic_secret
@@ -578,3 +579,24 @@ class MiniClient:
 
 def _urandom(n: int) -> bytes:
     return os.urandom(n)
+
+
+# --------------------------------------------------------------------------- engine pairs
+
+
+def pump(
+    client: Connection, server: Connection, limit: int = 50
+) -> tuple[list[events.Event], list[events.Event]]:
+    """Shuttle bytes between two in-memory connections until neither has output."""
+    client_events: list[events.Event] = []
+    server_events: list[events.Event] = []
+    for _ in range(limit):
+        to_server = client.data_to_send()
+        if to_server:
+            server_events += server.receive_data(to_server)
+        to_client = server.data_to_send()
+        if to_client:
+            client_events += client.receive_data(to_client)
+        if not to_server and not to_client:
+            return client_events, server_events
+    raise AssertionError("connections kept talking")

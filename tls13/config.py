@@ -18,6 +18,7 @@ from cryptography import x509
 
 from .groups import DEFAULT_GROUPS
 from .suites import DEFAULT_SUITES
+from .tickets import ReplayRegister
 
 if TYPE_CHECKING:
     from .certificates import CertificateChain, CertificateStore
@@ -143,6 +144,9 @@ class ServerConfig:
     unknown_name: Literal["default", "reject"] = "default"
     # Secret for the HelloRetryRequest cookie MAC; None = a random per-config key.
     cookie_secret: bytes | None = None
+    # 0-RTT anti-replay strike register (RFC 8446 §8.2), shared by the listener's
+    # connections; created automatically when max_early_data is set.
+    anti_replay: ReplayRegister | None = None
 
     def __post_init__(self) -> None:
         _check_codes("cipher_suites", self.cipher_suites)
@@ -167,6 +171,8 @@ class ServerConfig:
             raise ValueError("0-RTT (max_early_data) needs ticket_keys")
         if self.unknown_name not in ("default", "reject"):
             raise ValueError("unknown_name must be 'default' or 'reject'")
+        if self.max_early_data and self.anti_replay is None:
+            object.__setattr__(self, "anti_replay", ReplayRegister(10.0, 100_000))
         if self.cookie_secret is None:
             object.__setattr__(self, "cookie_secret", self.random(32))
         elif len(self.cookie_secret) < 16:

@@ -22,6 +22,7 @@ import hmac
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from . import events
 from . import extensions as ext
@@ -31,7 +32,7 @@ from .config import X25519MLKEM768, ServerConfig
 from .connection import Connection, ConnectionStateError, Handler
 from .extensions import ExtensionType, KeyShareEntry
 from .groups import GROUPS, Group
-from .keyschedule import KeySchedule, finished_verify_data
+from .keyschedule import KeySchedule, finished_verify_data, resumption_psk
 from .messages import (
     HELLO_RETRY_REQUEST_RANDOM,
     Certificate,
@@ -40,12 +41,15 @@ from .messages import (
     CertificateVerify,
     ClientHello,
     EncryptedExtensions,
+    EndOfEarlyData,
     Finished,
     HandshakeType,
+    NewSessionTicket,
     ServerHello,
 )
 from .signatures import SCHEMES, certificate_verify_input, check_certificate_fits
 from .suites import SUITES, CipherSuite
+from .tickets import SessionState
 from .transcript import Transcript
 
 TLS13 = 0x0304
@@ -65,6 +69,8 @@ _HRR_MUTABLE_EXTENSIONS = frozenset(
 )
 _COOKIE_VERSION = 1
 _COOKIE_MAC_LEN = 32
+# RFC 8446 §8.3: how far the client's ticket age may drift from ours for 0-RTT.
+_AGE_TOLERANCE_MS = 10_000
 # How much 0-RTT data we skip when we decline it (RFC 8446 §4.2.10) and 0-RTT is off.
 _DEFAULT_EARLY_DATA_SKIP = 16384
 
@@ -104,6 +110,16 @@ class _Selection:
     share: KeyShareEntry | None  # None: no usable share, a HelloRetryRequest is needed
 
 
+@dataclass(frozen=True)
+class _Resumption:
+    """The ticket a ClientHello resumes (RFC 8446 §4.2.11)."""
+
+    index: int
+    state: SessionState
+    obfuscated_age: int
+    first_binder: bytes  # anti-replay key for 0-RTT (§8.2)
+
+
 @dataclass
 class _PeerAuth:
     """State of one client-certificate exchange (in-handshake or post-handshake)."""
@@ -131,6 +147,7 @@ class ServerConnection(Connection):
         self._handlers: dict[tuple[enum.Enum, int], Handler] = {
             (ServerState.START, HandshakeType.client_hello): self._on_client_hello,
             (ServerState.WAIT_CH2, HandshakeType.client_hello): self._on_client_hello_retry,
+            (ServerState.WAIT_EOED, HandshakeType.end_of_early_data): self._on_end_of_early_data,
             (ServerState.WAIT_CERT, HandshakeType.certificate): self._on_certificate,
             (ServerState.WAIT_CV, HandshakeType.certificate_verify): self._on_certificate_verify,
             (ServerState.WAIT_FINISHED, HandshakeType.finished): self._on_finished,
@@ -157,6 +174,10 @@ class ServerConnection(Connection):
         self._resumption_secret = b""
         self._sent_ccs = False
         self._early_data_offered = False
+        self._early_accepted = False
+        self._early_received = 0
+        self._psk_modes: tuple[int, ...] = ()
+        self._resumption: _Resumption | None = None
         self._post_handshake_auth_offered = False
         self._peer_auth: _PeerAuth | None = None
         self._post_auth_requests = 0
@@ -206,17 +227,16 @@ class ServerConnection(Connection):
         self._client_random = hello.random
         self._early_data_offered = hello.early_data()
         self._post_handshake_auth_offered = hello.post_handshake_auth()
+        self._psk_modes = tuple(hello.psk_key_exchange_modes() or ())
+        if hello.pre_shared_key() is not None and hello.psk_key_exchange_modes() is None:
+            # RFC 8446 §4.2.9: a PSK offer without psk_key_exchange_modes must be refused.
+            raise TLSError(AlertDescription.missing_extension, "no psk_key_exchange_modes")
         selection = self._select(hello)
         self._suite = selection.suite
         self._transcript = Transcript(selection.suite.hash)
-        self._transcript.update(raw)
-        if self._early_data_offered:
-            # RFC 8446 §4.2.10: we decline 0-RTT, so skip the client's early records
-            # (after a HelloRetryRequest too) up to a budget.
-            self._record.skip_early_data(self._early_skip_limit())
         if selection.share is None:
-            return self._send_hello_retry(hello, selection)
-        return self._answer(hello, selection, hello_retry=False)
+            return self._send_hello_retry(hello, raw, selection)
+        return self._answer(hello, raw, selection, hello_retry=False)
 
     def _on_client_hello_retry(self, raw: bytes) -> ServerState:
         hello = ClientHello.parse(raw[4:])
@@ -234,10 +254,8 @@ class ServerConnection(Connection):
             raise illegal_parameter("second ClientHello lacks the requested key share")
         if self._suite.code not in hello.cipher_suites:
             raise illegal_parameter("second ClientHello dropped the selected cipher suite")
-        assert self._transcript is not None
-        self._transcript.update(raw)
         selection = _Selection(self._suite, self._hrr_group, shares[0])
-        return self._answer(hello, selection, hello_retry=True)
+        return self._answer(hello, raw, selection, hello_retry=True)
 
     def _config_for(self, hello: ClientHello) -> ServerConfig:
         """Let the user pick a per-name configuration before we answer (SNI routing)."""
@@ -291,9 +309,15 @@ class ServerConnection(Connection):
 
     # ------------------------------------------------------------------ HelloRetryRequest
 
-    def _send_hello_retry(self, hello: ClientHello, selection: _Selection) -> ServerState:
+    def _send_hello_retry(
+        self, hello: ClientHello, raw: bytes, selection: _Selection
+    ) -> ServerState:
         """RFC 8446 §4.1.4: ask for a share in ``selection.group``, with a cookie."""
         assert self._transcript is not None
+        self._transcript.update(raw)
+        if self._early_data_offered:
+            # §4.2.10: 0-RTT is never accepted after a HelloRetryRequest; skip it.
+            self._record.skip_early_data(self._early_skip_limit())
         self._first_hello = hello
         self._hrr_group = selection.group
         ch1_hash = self._transcript.digest()
@@ -352,44 +376,184 @@ class ServerConnection(Connection):
 
     # ------------------------------------------------------------------ ServerHello and flight
 
-    def _answer(self, hello: ClientHello, selection: _Selection, hello_retry: bool) -> ServerState:
+    def _answer(
+        self, hello: ClientHello, raw: bytes, selection: _Selection, hello_retry: bool
+    ) -> ServerState:
         assert selection.share is not None and self._transcript is not None
+        self._hello_retry = hello_retry
         self._group = selection.group
         self._server_name = hello.server_name()
-        chain, scheme = self._select_certificate(hello)
         self._alpn = self._select_alpn(hello)
+        resumption = self._accept_psk(hello, selection.suite)
+        self._transcript.update(raw)
+        schedule = KeySchedule(selection.suite)
+        schedule.set_psk(resumption.state.psk if resumption is not None else None)
+        self._key_schedule = schedule
+        self._resumption = resumption
+        self._early_accepted = self._accept_early_data(hello, resumption)
+        if self._early_accepted:
+            early_secret = schedule.client_early_traffic_secret(self._transcript.digest())
+            self._log_secret("CLIENT_EARLY_TRAFFIC_SECRET", early_secret)
+            self._set_read_secret(early_secret)
+        elif self._early_data_offered:
+            # RFC 8446 §4.2.10: we decline 0-RTT, so skip the client's early records.
+            self._record.skip_early_data(self._early_skip_limit())
+        certificate = self._select_certificate(hello) if resumption is None else None
+        self._send_server_hello(hello, selection, resumption)
+        self._apply_peer_record_limit(hello)
+        self._send_handshake(self._encrypted_extensions(hello).serialize())
+        if certificate is not None:
+            chain, scheme = certificate
+            if self._config.client_auth != "none":
+                self._send_certificate_request(b"")
+            self._send_certificate(chain, b"", _wants_ocsp(hello))
+            self._send_certificate_verify(chain, scheme)
+        self._send_server_finished()
+        if self._early_accepted:
+            return ServerState.WAIT_EOED
+        if certificate is not None and self._config.client_auth != "none":
+            return ServerState.WAIT_CERT
+        return ServerState.WAIT_FINISHED
+
+    def _send_server_hello(
+        self, hello: ClientHello, selection: _Selection, resumption: _Resumption | None
+    ) -> None:
+        """ServerHello, then the handshake keys (RFC 8446 §4.1.3, §7.1)."""
+        assert selection.share is not None
         private = None
         if self._config.key_share_factory is not None:
             private = self._config.key_share_factory(selection.group.code)
         server_share, shared = selection.group.respond(
             selection.share.key_exchange, self._config.random, private
         )
+        extensions: list[tuple[int, bytes]] = []
+        if resumption is not None:
+            extensions.append(
+                (ExtensionType.pre_shared_key, ext.encode_uint16_body(resumption.index))
+            )
+        share = KeyShareEntry(selection.group.code, server_share)
+        extensions.append((ExtensionType.key_share, ext.encode_key_share_sh(share)))
+        extensions.append((ExtensionType.supported_versions, ext.encode_uint16_body(TLS13)))
         server_hello = ServerHello(
             random=self._config.random(32),
             legacy_session_id_echo=hello.legacy_session_id,
             cipher_suite=selection.suite.code,
-            extensions=[
-                (
-                    ExtensionType.key_share,
-                    ext.encode_key_share_sh(KeyShareEntry(selection.group.code, server_share)),
-                ),
-                (ExtensionType.supported_versions, ext.encode_uint16_body(TLS13)),
-            ],
+            extensions=extensions,
         )
         self._send_handshake(server_hello.serialize())
-        self._maybe_send_ccs(hello)
+        self._maybe_send_ccs(hello)  # unprotected, so before the handshake keys
         self._start_handshake_keys(shared)
-        self._apply_peer_record_limit(hello)
-        self._send_handshake(self._encrypted_extensions(hello).serialize())
-        if self._config.client_auth != "none":
-            self._send_certificate_request(b"")
-        self._send_certificate(chain, b"", _wants_ocsp(hello))
-        self._send_certificate_verify(chain, scheme)
-        self._send_server_finished()
-        self._hello_retry = hello_retry
-        if self._config.client_auth != "none":
-            return ServerState.WAIT_CERT
+
+    # ------------------------------------------------------------------ resumption and 0-RTT
+
+    def _accept_psk(self, hello: ClientHello, suite: CipherSuite) -> _Resumption | None:
+        """Pick the first usable ticket and validate its binder (RFC 8446 §4.2.11)."""
+        offered = hello.pre_shared_key()
+        keyring = self._config.ticket_keys
+        if offered is None or keyring is None or ext.PSK_DHE_KE not in self._psk_modes:
+            return None
+        now_ms = int(self._config.clock() * 1000)
+        for index, identity in enumerate(offered.identities):
+            state = keyring.open_state(identity.identity)
+            if state is None or state.expired(now_ms):
+                continue  # §4.2.11: unknown or stale tickets are simply ignored
+            ticket_suite = SUITES.get(state.suite)
+            if ticket_suite is None or ticket_suite.hash.name != suite.hash.name:
+                continue  # the PSK's hash must match the negotiated suite's
+            self._check_binder(hello, suite, state.psk, offered.binders[index])
+            return _Resumption(index, state, identity.obfuscated_ticket_age, offered.binders[0])
+        return None
+
+    def _check_binder(
+        self, hello: ClientHello, suite: CipherSuite, psk: bytes, binder: bytes
+    ) -> None:
+        """§4.2.11.2: the binder is a Finished over the transcript up to the binders."""
+        assert self._transcript is not None
+        schedule = KeySchedule(suite)
+        schedule.set_psk(psk)
+        partial = self._transcript.copy()
+        partial.update(hello.truncated())
+        expected = finished_verify_data(suite.hash, schedule.binder_key(True), partial.digest())
+        if not hmac.compare_digest(expected, binder):
+            raise TLSError(AlertDescription.decrypt_error, "PSK binder does not verify")
+
+    def _accept_early_data(self, hello: ClientHello, resumption: _Resumption | None) -> bool:
+        """RFC 8446 §4.2.10: accept 0-RTT only for the first PSK, same suite and ALPN,
+        a fresh ticket age (§8.3) and a ClientHello not seen before (§8.2)."""
+        config = self._config
+        if not hello.early_data() or resumption is None or self._hello_retry:
+            return False
+        state = resumption.state
+        if resumption.index != 0 or not config.max_early_data or not state.max_early_data:
+            return False
+        assert self._suite is not None
+        if state.suite != self._suite.code or state.alpn != self._alpn:
+            return False
+        now = config.clock()
+        if not state.age_is_fresh(resumption.obfuscated_age, int(now * 1000), _AGE_TOLERANCE_MS):
+            return False
+        register = config.anti_replay
+        return register is not None and register.check_and_add(resumption.first_binder, now)
+
+    def _on_early_application_data(self, payload: bytes) -> None:
+        if self._state is not ServerState.WAIT_EOED:
+            raise TLSError(AlertDescription.unexpected_message, "application data before Finished")
+        self._early_received += len(payload)
+        if self._early_received > self._config.max_early_data:
+            # §4.2.10: more 0-RTT data than we allowed is unexpected_message.
+            raise TLSError(AlertDescription.unexpected_message, "too much early data")
+        if payload:
+            self._emit(events.EarlyData(payload))
+
+    def _on_end_of_early_data(self, raw: bytes) -> ServerState:
+        EndOfEarlyData.parse(raw[4:])
+        assert self._transcript is not None
+        self._transcript.update(raw)
+        self._set_read_secret(self._client_hs_secret)
         return ServerState.WAIT_FINISHED
+
+    def _issue_tickets(self) -> None:
+        """RFC 8446 §4.6.1: NewSessionTickets after the client's Finished."""
+        config = self._config
+        keyring = config.ticket_keys
+        if keyring is None or not config.tickets or not self._psk_modes:
+            return
+        assert self._suite is not None
+        for count in range(config.tickets):
+            nonce = count.to_bytes(2, "big")
+            state = SessionState(
+                psk=resumption_psk(self._suite.hash, self._resumption_secret, nonce),
+                suite=self._suite.code,
+                created=int(config.clock() * 1000),
+                age_add=int.from_bytes(config.random(4), "big"),
+                lifetime=config.ticket_lifetime,
+                max_early_data=config.max_early_data,
+                alpn=self._alpn,
+                sni=self._server_name,
+                client_chain=self._client_chain_der(),
+            )
+            extensions: list[tuple[int, bytes]] = []
+            if config.max_early_data:
+                extensions.append(
+                    (ExtensionType.early_data, ext.encode_max_early_data(config.max_early_data))
+                )
+            ticket = NewSessionTicket(
+                ticket_lifetime=config.ticket_lifetime,
+                ticket_age_add=state.age_add,
+                ticket_nonce=nonce,
+                ticket=keyring.seal_state(state, config.random),
+                extensions=extensions,
+            )
+            self._send_handshake(ticket.serialize(), in_transcript=False)
+            self._emit(events.SessionTicketIssued())
+
+    def _client_chain_der(self) -> tuple[bytes, ...]:
+        if self._resumption is not None:
+            return self._resumption.state.client_chain
+        auth = self._peer_auth
+        if auth is None or auth.identity is None:
+            return ()
+        return tuple(c.public_bytes(Encoding.DER) for c in auth.certificates)
 
     def _select_certificate(self, hello: ClientHello) -> tuple[CertificateChain, int]:
         schemes = hello.signature_algorithms()
@@ -421,11 +585,9 @@ class ServerConnection(Connection):
         return None
 
     def _start_handshake_keys(self, shared: bytes) -> None:
-        assert self._suite is not None and self._transcript is not None
-        schedule = KeySchedule(self._suite)
-        schedule.set_psk(None)
+        assert self._transcript is not None and self._key_schedule is not None
+        schedule = self._key_schedule
         schedule.set_shared_secret(shared)
-        self._key_schedule = schedule
         digest = self._transcript.digest()
         client_secret = schedule.client_handshake_traffic_secret(digest)
         server_secret = schedule.server_handshake_traffic_secret(digest)
@@ -434,7 +596,8 @@ class ServerConnection(Connection):
         self._client_hs_secret = client_secret
         self._server_hs_secret = server_secret
         self._set_write_secret(server_secret)
-        self._set_read_secret(client_secret)
+        if not self._early_accepted:
+            self._set_read_secret(client_secret)
 
     def _apply_peer_record_limit(self, hello: ClientHello) -> None:
         limit = hello.record_size_limit()
@@ -463,6 +626,9 @@ class ServerConnection(Connection):
                     ext.encode_alpn([self._alpn]),
                 )
             )
+        if self._early_accepted:
+            # RFC 8446 §4.2.10: an empty early_data in EE tells the client 0-RTT was taken.
+            extensions.append((ExtensionType.early_data, b""))
         return EncryptedExtensions(extensions)
 
     def _send_certificate_request(self, context: bytes) -> None:
@@ -576,6 +742,7 @@ class ServerConnection(Connection):
         )
         self._set_read_secret(self._client_app_secret)
         self._complete_handshake(self._handshake_info())
+        self._issue_tickets()
         return ServerState.CONNECTED
 
     def _on_post_finished(self, raw: bytes) -> ServerState:
@@ -595,7 +762,7 @@ class ServerConnection(Connection):
 
     def _handshake_info(self) -> events.HandshakeComplete:
         assert self._suite is not None and self._group is not None
-        auth = self._peer_auth
+        certificates, identity = self._peer_identity()
         scheme = SCHEMES[self._scheme].name if self._scheme is not None else None
         return events.HandshakeComplete(
             version="TLSv1.3",
@@ -605,11 +772,23 @@ class ServerConnection(Connection):
             server_name=self._server_name,
             alpn_protocol=self._alpn,
             hello_retry=self._hello_retry,
-            resumed=False,
-            early_data_accepted=False,
-            peer_certificates=auth.certificates if auth is not None else (),
-            client_identity=auth.identity if auth is not None else None,
+            resumed=self._resumption is not None,
+            early_data_accepted=self._early_accepted,
+            peer_certificates=certificates,
+            client_identity=identity,
         )
+
+    def _peer_identity(
+        self,
+    ) -> tuple[tuple[x509.Certificate, ...], events.ClientIdentity | None]:
+        """The client's certificates: from this handshake, or remembered by the ticket."""
+        if self._resumption is not None and self._resumption.state.client_chain:
+            chain = tuple(_load_certificate(der) for der in self._resumption.state.client_chain)
+            return chain, events.ClientIdentity.from_chain(chain, "resumption")
+        auth = self._peer_auth
+        if auth is None:
+            return (), None
+        return auth.certificates, auth.identity
 
     # ------------------------------------------------------------------ transcripts for auth
 
