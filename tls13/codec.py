@@ -7,6 +7,7 @@ is returned; every short read or leftover byte is a ``decode_error``.  A
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -69,7 +70,7 @@ class Reader:
         pos = self._take(n)
         return bytes(self._data[pos : pos + n])
 
-    def rest(self) -> bytes:
+    def rest(self) -> builtins.bytes:
         return self.bytes(self.remaining)
 
     def _length(self, width: int) -> int:
@@ -81,7 +82,7 @@ class Reader:
             return self.uint24()
         return self.uint32()
 
-    def vector(self, width: int, minimum: int = 0, maximum: int | None = None) -> bytes:
+    def vector(self, width: int, minimum: int = 0, maximum: int | None = None) -> builtins.bytes:
         """An opaque vector with a ``width``-byte length prefix, within bounds."""
         n = self._length(width)
         if n < minimum or (maximum is not None and n > maximum):
@@ -127,7 +128,7 @@ class Writer:
     def bytes(self, data: bytes | bytearray | memoryview) -> None:
         self.buf += data
 
-    def vector(self, width: int, data: bytes | bytearray | memoryview) -> None:
+    def vector(self, width: int, data: builtins.bytes | bytearray | memoryview) -> None:
         if len(data) > _MAX[width]:
             raise ValueError("vector too long for its length prefix")
         self.buf += len(data).to_bytes(width, "big")
@@ -149,5 +150,5 @@ class Writer:
             raise ValueError("vector too long for its length prefix")
         self.buf[start : start + width] = n.to_bytes(width, "big")
 
-    def getvalue(self) -> bytes:
+    def getvalue(self) -> builtins.bytes:
         return bytes(self.buf)
