@@ -11,12 +11,31 @@ get root back.
 from __future__ import annotations
 
 import grp
+import importlib
 import logging
 import os
 import pwd
+import stat
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+# Modules that libraries import lazily, on first use, rather than at import time.  After the
+# switch the new user may be unable to read the Python installation (a pyenv under /root,
+# a checkout in a home directory) and a file replaced by an upgrade would not match the
+# running code, so they are loaded while we still can.
+LAZY_IMPORTS = (
+    # cryptography's generate()/from_public_bytes() import the OpenSSL backend on first call.
+    "cryptography.hazmat.backends.openssl.backend",
+    # Host names are IDNA-encoded by getaddrinfo wrappers (trio, socket) on first resolution;
+    # decoding an A-label needs punycode as well.
+    "encodings.idna",
+    "encodings.punycode",
+)
 
 
 class PrivilegeError(Exception):
@@ -85,6 +104,14 @@ def drop_privileges(user: str | None, group: str | None = None) -> bool:
     if identity.uid == 0:
         log.warning("configured user %r is root; not dropping privileges", user)
         return False
+    preload_lazy_imports()
+    for path in unreadable_code_paths(identity, None, explicit_group=group is not None):
+        log.warning(
+            "user %s cannot read %s; modules imported after the privilege drop will fail "
+            "(install tls13-proxy where that user can read it, e.g. /opt/tls13-proxy)",
+            identity.user,
+            path,
+        )
     _switch_to(identity, explicit_group=group is not None)
     _verify_cannot_regain_root(identity)
     _adjust_environment(identity)
@@ -92,6 +119,66 @@ def drop_privileges(user: str | None, group: str | None = None) -> bool:
         "dropped privileges to user %s (uid %d, gid %d)", identity.user, identity.uid, identity.gid
     )
     return True
+
+
+def preload_lazy_imports() -> None:
+    """Import :data:`LAZY_IMPORTS` now, while the installation is surely readable."""
+    for name in LAZY_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # an optional backend missing is not our problem here
+            log.debug("could not preload %s: %s", name, exc)
+
+
+def _groups_of(identity: Identity, explicit_group: bool) -> set[int]:
+    if explicit_group:
+        return {identity.gid}
+    return set(os.getgrouplist(identity.user, identity.gid))
+
+
+def _may_access(path: Path, identity: Identity, groups: set[int], need: int) -> bool:
+    """Whether ``identity`` has the permission bits ``need`` (as for "other") on ``path``."""
+    try:
+        info = path.stat()
+    except OSError:
+        return True  # vanished or unreachable even for us: nothing useful to report
+    if info.st_uid == identity.uid:
+        bits = (info.st_mode >> 6) & 0o7
+    elif info.st_gid in groups:
+        bits = (info.st_mode >> 3) & 0o7
+    else:
+        bits = info.st_mode & 0o7
+    return bits & need == need
+
+
+def unreadable_code_paths(
+    identity: Identity, roots: Iterable[Path] | None = None, *, explicit_group: bool = False
+) -> list[str]:
+    """Directories holding our code or the standard library that ``identity`` cannot read.
+
+    Only mode bits are considered (no ACLs); that is enough to catch the common cases of
+    an interpreter or virtualenv under /root or a private home directory.
+    """
+    groups = _groups_of(identity, explicit_group)
+    if roots is None:
+        roots = (Path(sys.prefix), Path(os.__file__).parent, Path(__file__).resolve().parent.parent)
+    problems: list[str] = []
+    for root in sorted(set(roots)):
+        for directory in (*reversed(root.parents), root):
+            need = stat.S_IXOTH | (stat.S_IROTH if directory == root else 0)
+            if stat.S_ISDIR(_mode(directory)) and not _may_access(
+                directory, identity, groups, need
+            ):
+                problems.append(str(directory))
+                break
+    return sorted(set(problems))
+
+
+def _mode(path: Path) -> int:
+    try:
+        return path.stat().st_mode
+    except OSError:
+        return 0
 
 
 def _switch_to(identity: Identity, *, explicit_group: bool) -> None:

@@ -6,29 +6,54 @@ import grp
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from proxy.privileges import PrivilegeError, drop_privileges, resolve_identity
+from proxy.privileges import (
+    PrivilegeError,
+    drop_privileges,
+    resolve_identity,
+    unreadable_code_paths,
+)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:  # noqa: F811 - a world-traversable tmp_path
+    """Like pytest's tmp_path, but under a path every user can traverse (pytest's is 0700),
+    so what the dropped process cannot read is decided by the files' own modes."""
+    directory = Path(tempfile.mkdtemp(prefix="tls13-proxy-priv-", dir="/tmp"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 
 CHILD = textwrap.dedent(
     """
-    import json, os, sys
+    import json, logging, os, sys
     sys.path.insert(0, sys.argv[1])
+    logging.basicConfig(level=logging.WARNING)
     from proxy.privileges import drop_privileges, PrivilegeError
     user, group, secret = sys.argv[2], sys.argv[3] or None, sys.argv[4]
+    from cryptography.hazmat.primitives.asymmetric import x25519  # like the daemon's engine
     try:
         changed = drop_privileges(user, group)
     except PrivilegeError as exc:
         print(json.dumps({"error": str(exc)}))
         raise SystemExit(0)
+    # Works after the drop even when the installation is unreadable now: preloaded.
+    x25519.X25519PrivateKey.generate()
+    "xn--bcher-kva.example".encode("ascii").decode("idna")
     try:
         os.setuid(0)
         regained = True
@@ -55,7 +80,6 @@ def _drop_in_child(tmp_path: Path, user: str, group: str = "") -> dict[str, obje
     secret = tmp_path / "secret.key"
     secret.write_text("not for you")
     secret.chmod(0o600)
-    tmp_path.chmod(0o755)
     result = subprocess.run(
         [sys.executable, str(script), str(REPO), user, group, str(secret)],
         capture_output=True,
@@ -95,6 +119,22 @@ def test_drop_with_explicit_group_and_numeric_ids(tmp_path: Path) -> None:
 def test_unknown_user_is_a_clear_error_in_the_child(tmp_path: Path) -> None:
     report = _drop_in_child(tmp_path, "no-such-user-tls13")
     assert "user 'no-such-user-tls13' does not exist" in str(report["error"])
+
+
+@root_only
+def test_unreadable_code_paths(tmp_path: Path) -> None:
+    nobody = resolve_identity("nobody")
+    private = tmp_path / "private"
+    (private / "lib").mkdir(parents=True)
+    private.chmod(0o700)
+    public = tmp_path / "public"
+    public.mkdir(mode=0o755)
+    assert unreadable_code_paths(nobody, [private / "lib", public]) == [str(private)]
+    assert unreadable_code_paths(resolve_identity("root"), [private / "lib"]) == []
+    # Group permission counts for members of the owning group.
+    private.chmod(0o750)
+    os.chown(private, 0, nobody.gid)
+    assert unreadable_code_paths(nobody, [private / "lib"]) == []
 
 
 def test_unknown_user_and_group_are_clear_errors() -> None:
