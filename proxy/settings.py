@@ -278,9 +278,8 @@ class TicketSettings:
     key_file: Path | None = setting(
         None,
         Optional(PathValue()),
-        "Ticket encryption keys shared by workers/hosts: 48-byte records (16-byte name + 32-byte "
-        "key, first = current) or one 80-byte nginx-format key. Unset = keys generated in memory "
-        "and rotated.",
+        "Ticket encryption keys shared by workers/hosts: one or more 48-byte records (16-byte "
+        "name + 32-byte key; the first is current). Unset = keys generated at start and rotated.",
     )
     rotation_interval: float = setting(
         43200.0,

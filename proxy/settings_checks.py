@@ -25,8 +25,6 @@ from cryptography.x509.oid import NameOID
 
 #: tls13.tickets key file format: N records of 16-byte key name + 32-byte key, first = current.
 TICKET_KEY_RECORD_SIZE = 48
-#: The nginx ssl_session_ticket_key format (16 name + 32 HMAC + 32 AES), accepted as one key.
-TICKET_KEY_NGINX_SIZE = 80
 #: Below this an RSA key is too weak to serve (NIST SP 800-57: 2048-bit minimum).
 MIN_RSA_BITS = 2048
 
@@ -320,21 +318,27 @@ def _check_ocsp(path: Path, where: Where) -> None:
 
 
 def check_ticket_key_file(path: Path, where: Where) -> None:
-    """A ticket key file holds whole 48-byte records (or one 80-byte nginx-format key)."""
+    """A ticket key file holds whole 48-byte records (tls13.tickets key file format)."""
     data = _read(path, where)
     if data is None:
         return
     warn_if_world_readable(path, where)
     size = len(data)
-    if size == TICKET_KEY_NGINX_SIZE:
-        return
     if size == 0 or size % TICKET_KEY_RECORD_SIZE:
         where.error(
             f"{path} holds {size} bytes: a ticket key file must hold one or more "
-            f"{TICKET_KEY_RECORD_SIZE}-byte keys (16-byte name + 32-byte key; the first is "
-            f"current) or one {TICKET_KEY_NGINX_SIZE}-byte nginx-format key; "
-            f"create one with: head -c {TICKET_KEY_RECORD_SIZE} /dev/urandom > {path.name}"
+            f"{TICKET_KEY_RECORD_SIZE}-byte keys (16-byte name + 32-byte AES key; the first is "
+            f"current); create one with: head -c {TICKET_KEY_RECORD_SIZE} /dev/urandom > {path.name}"
         )
+        return
+    try:
+        from tls13.tickets import TicketKeyring
+    except ImportError:
+        return
+    try:
+        TicketKeyring.from_bytes(data)
+    except ValueError as exc:
+        where.error(f"{path}: {exc}")
 
 
 def check_writable_parent(path: Path, where: Where) -> None:

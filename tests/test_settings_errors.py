@@ -293,7 +293,7 @@ def test_metrics_on_a_listener_address(ws: Workspace) -> None:
     assert "already used by listeners.web" in find(ws.errors(text), "metrics.listen").message
 
 
-@pytest.mark.parametrize("size", [0, 47, 96 + 1, 100])
+@pytest.mark.parametrize("size", [0, 47, 80, 96 + 1, 100])
 def test_ticket_key_file_of_the_wrong_size(ws: Workspace, size: int) -> None:
     (ws.certs / "tickets.key").write_bytes(os.urandom(size))
     text = edited("[metrics]", '[tls.tickets]\nkey_file = "certs/tickets.key"\n[metrics]')
@@ -302,7 +302,7 @@ def test_ticket_key_file_of_the_wrong_size(ws: Workspace, size: int) -> None:
     assert "48-byte" in problem.message
 
 
-@pytest.mark.parametrize("size", [48, 96, 80])
+@pytest.mark.parametrize("size", [48, 96, 480])
 def test_ticket_key_file_of_a_right_size(ws: Workspace, size: int) -> None:
     (ws.certs / "tickets.key").write_bytes(os.urandom(size))
     (ws.certs / "tickets.key").chmod(0o600)
@@ -559,3 +559,19 @@ def test_signature_schemes_the_certificate_cannot_use(ws: Workspace) -> None:
     assert "ecdsa_secp256r1_sha256" in problem.message
     text = edited("[metrics]", '[tls]\nsignature_schemes = ["ecdsa_secp256r1_sha256"]\n[metrics]')
     assert ws.load(text).tls.signature_schemes == ("ecdsa_secp256r1_sha256",)
+
+
+def test_ticket_key_file_the_engine_rejects(ws: Workspace) -> None:
+    record = os.urandom(48)
+    (ws.certs / "tickets.key").write_bytes(record + record)
+    (ws.certs / "tickets.key").chmod(0o600)
+    text = edited("[metrics]", '[tls.tickets]\nkey_file = "certs/tickets.key"\n[metrics]')
+    assert "duplicate ticket key name" in find(ws.errors(text), "tls.tickets.key_file").message
+
+
+def test_world_readable_ticket_key_warns(ws: Workspace) -> None:
+    (ws.certs / "tickets.key").write_bytes(os.urandom(48))
+    (ws.certs / "tickets.key").chmod(0o644)
+    text = edited("[metrics]", '[tls.tickets]\nkey_file = "certs/tickets.key"\n[metrics]')
+    warning = find(list(ws.load(text).warnings), "tls.tickets.key_file")
+    assert "world-readable" in warning.message
