@@ -477,6 +477,9 @@ class TLSErrorInfo(Protocol):
     def sent_by_peer(self) -> bool: ...
 
 
+_PENDING, _COMPLETED, _FAILED = "pending", "completed", "failed"
+
+
 class ConnectionMetrics:
     """Accounting for one client connection; create at accept, :meth:`close` when done.
 
@@ -485,12 +488,12 @@ class ConnectionMetrics:
     is a context manager, so ``with ConnectionMetrics(listener) as cm:`` is leak-proof.
     """
 
-    __slots__ = ("_series", "_started", "_handshake_done", "_rx", "_tx", "_closed")
+    __slots__ = ("_series", "_started", "_handshake", "_rx", "_tx", "_closed")
 
     def __init__(self, listener: str) -> None:
         self._series = M.listener(listener)
         self._started = time.monotonic()
-        self._handshake_done = False
+        self._handshake = _PENDING  # then _COMPLETED or _FAILED, once
         self._rx = 0
         self._tx = 0
         self._closed = False
@@ -517,9 +520,9 @@ class ConnectionMetrics:
 
     def handshake_completed(self, info: HandshakeInfo, *, offered_early_data: bool = False) -> None:
         """Count a completed handshake (pass ``ClientHelloReceived.offered_early_data``)."""
-        if self._handshake_done:
+        if self._handshake is not _PENDING:
             return
-        self._handshake_done = True
+        self._handshake = _COMPLETED
         self._series.handshake_duration.observe(time.monotonic() - self._started)
         M.handshake_series(
             self._series.name, info.version, info.cipher_suite, info.group, info.resumed,
@@ -531,22 +534,33 @@ class ConnectionMetrics:
             M.early_data.labels(self._series.name, "rejected").inc()
 
     def handshake_failed(self, reason: str, *, by_peer: bool = False) -> None:
-        """Count a failed handshake: ``reason`` is an alert name or timeout/limit/shutdown/…"""
-        if self._handshake_done:
+        """Count a failed handshake: ``reason`` is an alert name or timeout/limit/shutdown/….
+
+        An alert name means that alert went to the peer (``by_peer=False``: the engine queued
+        it) or came from it, so it is counted in the alert metrics as well.
+        """
+        if self._handshake is not _PENDING:
             return
-        self._handshake_done = True
-        if reason not in ALERT_NAMES and reason not in HANDSHAKE_FAILURE_EXTRA:
+        self._handshake = _FAILED
+        if reason in ALERT_NAMES:
+            self._count_alert(reason, by_peer)
+        elif reason not in HANDSHAKE_FAILURE_EXTRA:
             reason = OTHER
         M.handshake_failures.labels(self._series.name, reason, "peer" if by_peer else "local").inc()
 
     def tls_error(self, error: TLSErrorInfo) -> None:
         """Account a ``TLSError``: the alert sent or received, and a handshake failure if early."""
         name = alert_label(error.alert)
-        if error.sent_by_peer:
+        if self._handshake is _COMPLETED:
+            self._count_alert(name, error.sent_by_peer)
+        else:  # pending: a failed handshake; failed already: the same failure reported again
+            self.handshake_failed(name, by_peer=error.sent_by_peer)
+
+    def _count_alert(self, name: str, by_peer: bool) -> None:
+        if by_peer:
             self.alert_received(name)
         else:
             self.alert_sent(name)
-        self.handshake_failed(name, by_peer=error.sent_by_peer)
 
     def alert_sent(self, alert: int | str) -> None:
         M.alerts_sent.labels(self._series.name, alert_label(alert)).inc()

@@ -184,6 +184,20 @@ def test_handshake_failure_reasons_are_bounded() -> None:
     assert (other.change, timeout.change) == (1, 1)
 
 
+def test_handshake_failed_with_an_alert_name_counts_the_alert_once() -> None:
+    sent = Delta("tls13proxy_alerts_sent_total", listener="hfa", alert="illegal_parameter")
+    received = Delta("tls13proxy_alerts_received_total", listener="hfa", alert="bad_certificate")
+    timeouts = Delta("tls13proxy_alerts_sent_total", listener="hfa", alert="unknown")
+    with metrics.ConnectionMetrics("hfa") as conn:
+        conn.handshake_failed("illegal_parameter")
+        conn.tls_error(FakeTLSError(alert=47))  # same failure reported twice: counted once
+    with metrics.ConnectionMetrics("hfa") as conn:
+        conn.handshake_failed("bad_certificate", by_peer=True)
+    with metrics.ConnectionMetrics("hfa") as conn:
+        conn.handshake_failed("timeout")
+    assert (sent.change, received.change, timeouts.change) == (1, 1, 0)
+
+
 def test_alert_label_never_exposes_unknown_codes() -> None:
     assert metrics.alert_label(40) == "handshake_failure"
     assert metrics.alert_label(255) == "unknown"
