@@ -261,6 +261,7 @@ def check_certificate(
     unusable key type, a bad OCSP response. Warnings: expired / not yet valid certificates,
     world-readable key files. None when the chain could not be read.
     """
+    errors_before = len(where.problems.errors)
     chain = load_pem_certificates(chain_path, where.at("chain"))
     key = _load_private_key(key_path, where.at("key"))
     if key is not None:
@@ -277,8 +278,29 @@ def check_certificate(
     _check_validity(chain, chain_path, where.at("chain"))
     if ocsp_path is not None:
         _check_ocsp(ocsp_path, where.at("ocsp"))
+    if len(where.problems.errors) == errors_before:
+        _check_with_engine(chain_path, key_path, ocsp_path, where)
     schemes, description = signing_profile(leaf)
     return CertificateInfo(certificate_names(leaf), schemes, description)
+
+
+def _check_with_engine(
+    chain_path: Path, key_path: Path, ocsp_path: Path | None, where: Where
+) -> None:
+    """Load the files exactly as the daemon will (tls13.CertificateChain), so that nothing
+    `check` accepts can fail at start; the checks above only give more precise messages."""
+    try:
+        from tls13.certificates import CertificateChain
+    except ImportError:
+        return
+    try:
+        CertificateChain.from_pem(
+            chain_path.read_bytes(),
+            key_path.read_bytes(),
+            ocsp=ocsp_path.read_bytes() if ocsp_path is not None else None,
+        )
+    except (OSError, ValueError) as exc:
+        where.error(f"the TLS engine cannot use {chain_path} with {key_path}: {exc}")
 
 
 def _check_validity(chain: Sequence[x509.Certificate], path: Path, where: Where) -> None:

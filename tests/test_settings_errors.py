@@ -575,3 +575,15 @@ def test_world_readable_ticket_key_warns(ws: Workspace) -> None:
     text = edited("[metrics]", '[tls.tickets]\nkey_file = "certs/tickets.key"\n[metrics]')
     warning = find(list(ws.load(text).warnings), "tls.tickets.key_file")
     assert "world-readable" in warning.message
+
+
+def test_engine_rejection_is_reported(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    certificates = pytest.importorskip("tls13.certificates")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise certificates.CertificateError("unsupported key type for TLS 1.3 signatures")
+
+    monkeypatch.setattr(certificates.CertificateChain, "from_pem", refuse)
+    problem = find(ws.errors(MINIMAL), "certificates.site")
+    assert "the TLS engine cannot use" in problem.message
+    assert "unsupported key type" in problem.message
