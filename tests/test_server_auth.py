@@ -1,0 +1,136 @@
+"""Server-side client authentication (RFC 8446 §4.3.2, §4.4.2, §4.6.2) and SNI policy.
+
+In memory against our ClientConnection, and with ``openssl s_client -cert``
+over loopback TCP.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from certs import Issued, make_ca, make_leaf, write_pair
+from engine_helpers import EngineServer, pump, run_client
+
+from tls13 import events
+from tls13.alerts import AlertDescription, TLSError
+from tls13.certificates import CertificateChain, CertificateStore
+from tls13.client import ClientConnection
+from tls13.config import ClientConfig, ServerConfig
+from tls13.connection import ConnectionStateError
+from tls13.server import ServerConnection
+from tls13.tickets import TicketKeyring
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict[str, Issued]:
+    ca = make_ca()
+    stranger = make_ca("stranger CA")
+    return {
+        "ca": ca,
+        "server": make_leaf(ca, ("localhost",)),
+        "other": make_leaf(ca, ("other.example",), kind="ed25519"),
+        "client": make_leaf(ca, ("alice.example",), client=True),
+        "stranger": make_leaf(stranger, ("mallory.example",), client=True),
+    }
+
+
+def chain(issued: Issued) -> CertificateChain:
+    return CertificateChain((issued.cert,), issued.key)  # type: ignore[arg-type]
+
+
+def server_config(pki: dict[str, Issued], **overrides: Any) -> ServerConfig:
+    store = CertificateStore([chain(pki["server"]), chain(pki["other"])], chain(pki["server"]))
+    return ServerConfig(certificates=store, client_ca=(pki["ca"].cert,), **overrides)
+
+
+def client_config(pki: dict[str, Issued], who: str | None) -> ClientConfig:
+    certificate = chain(pki[who]) if who else None
+    return ClientConfig(ca_certificates=(pki["ca"].cert,), certificate=certificate)
+
+
+def connect(
+    client_cfg: ClientConfig, server_cfg: ServerConfig, server_name: str = "localhost", **kw: Any
+) -> tuple[ClientConnection, ServerConnection, list[events.Event], list[events.Event]]:
+    client = ClientConnection(client_cfg, server_name=server_name, **kw)
+    server = ServerConnection(server_cfg)
+    client.start()
+    client_events, server_events = pump(client, server)
+    return client, server, client_events, server_events
+
+
+def info_of(evs: list[events.Event]) -> events.HandshakeComplete:
+    (info,) = [e for e in evs if isinstance(e, events.HandshakeComplete)]
+    return info
+
+
+def test_required_client_certificate_is_verified(pki: dict[str, Issued]) -> None:
+    _, _, _, server_events = connect(
+        client_config(pki, "client"), server_config(pki, client_auth="required")
+    )
+    info = info_of(server_events)
+    assert info.client_identity is not None
+    assert info.client_identity.names == ("alice.example",)
+    assert info.peer_certificates[0] == pki["client"].cert
+
+
+def test_client_certificate_from_unknown_ca(pki: dict[str, Issued]) -> None:
+    with pytest.raises(TLSError) as caught:
+        connect(client_config(pki, "stranger"), server_config(pki, client_auth="optional"))
+    assert caught.value.alert == AlertDescription.unknown_ca
+
+
+def test_resumed_session_remembers_client_identity(pki: dict[str, Issued]) -> None:
+    config = server_config(pki, client_auth="required", ticket_keys=TicketKeyring.generate())
+    _, _, client_events, _ = connect(client_config(pki, "client"), config)
+    tickets = [e.ticket for e in client_events if isinstance(e, events.NewSessionTicketReceived)]
+    _, _, _, server_events = connect(client_config(pki, "client"), config, session=tickets[0])
+    info = info_of(server_events)
+    assert info.resumed
+    assert info.client_identity is not None and info.client_identity.names == ("alice.example",)
+
+
+def test_post_handshake_auth_needs_the_client_offer(pki: dict[str, Issued]) -> None:
+    _, server, _, _ = connect(client_config(pki, None), server_config(pki, client_auth="none"))
+    with pytest.raises(ConnectionStateError):
+        server.request_client_certificate()
+
+
+def test_sni_selects_certificate(pki: dict[str, Issued]) -> None:
+    cfg = ClientConfig(ca_certificates=(pki["ca"].cert,))
+    _, _, client_events, server_events = connect(cfg, server_config(pki), "other.example")
+    assert info_of(server_events).signature_scheme == "ed25519"
+    assert info_of(client_events).server_name == "other.example"
+
+
+def test_unknown_name_rejected_when_configured(pki: dict[str, Issued]) -> None:
+    cfg = ClientConfig(ca_certificates=None)
+    with pytest.raises(TLSError) as caught:
+        connect(cfg, server_config(pki, unknown_name="reject"), "nobody.example")
+    assert caught.value.alert == AlertDescription.unrecognized_name
+
+
+def test_unknown_name_gets_default_certificate(pki: dict[str, Issued]) -> None:
+    cfg = ClientConfig(ca_certificates=None)
+    _, _, _, server_events = connect(cfg, server_config(pki), "nobody.example")
+    assert info_of(server_events).signature_scheme == "ecdsa_secp256r1_sha256"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+@pytest.mark.timeout(60)
+def test_openssl_client_certificate(pki: dict[str, Issued], tmp_path: Path) -> None:
+    crt, key = write_pair(tmp_path, "alice", pki["client"])
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(pki["ca"].cert_pem())
+    with EngineServer(server_config(pki, client_auth="required")) as server:
+        argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-tls1_3"]
+        argv += ["-servername", "localhost", "-CAfile", str(ca_file), "-brief"]
+        argv += ["-cert", str(crt), "-key", str(key)]
+        run = run_client(argv, [b"ping\n"])
+        (record,) = server.wait_for(1)
+    assert "ping" in run.stdout
+    assert record.error is None and record.info is not None
+    assert record.info.client_identity is not None
+    assert record.info.client_identity.names == ("alice.example",)
