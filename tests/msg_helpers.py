@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 TRACE_FILE = Path("/work/shared/specs/tls13-example-traces.txt")
 
 MESSAGE_NAMES = (
@@ -302,3 +304,86 @@ def start_openssl_server(
     process = subprocess.Popen(command, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
     wait_for_port(port, process)
     return process
+
+
+class ScriptedServer:
+    """A hand-driven TLS 1.3 server side for negative client tests.
+
+    It answers one ClientHello with x25519 and TLS_AES_128_GCM_SHA256, then
+    lets the test send any handshake messages it likes under the right keys,
+    so a single field can be wrong while everything around it is valid.
+    """
+
+    def __init__(self, client_hello: bytes, suite_code: int = 0x1301) -> None:
+        import os
+
+        from tls13 import extensions as ext
+        from tls13.groups import BY_NAME, GROUPS
+        from tls13.keyschedule import KeySchedule
+        from tls13.messages import ClientHello, ServerHello
+        from tls13.record import RecordLayer
+        from tls13.suites import SUITES
+        from tls13.transcript import Transcript
+
+        hello = ClientHello.parse(client_hello[4:])
+        x25519 = BY_NAME["x25519"]
+        shares = {entry.group: entry for entry in hello.key_shares() or []}
+        public, shared = GROUPS[x25519].respond(shares[x25519].key_exchange, os.urandom)
+        self.suite = SUITES[suite_code]
+        server_hello = ServerHello(
+            random=os.urandom(32),
+            legacy_session_id_echo=hello.legacy_session_id,
+            cipher_suite=suite_code,
+            extensions=[
+                (
+                    ext.ExtensionType.key_share,
+                    ext.encode_key_share_sh(ext.KeyShareEntry(x25519, public)),
+                ),
+                (ext.ExtensionType.supported_versions, ext.encode_uint16_body(0x0304)),
+            ],
+        ).serialize()
+        self.transcript = Transcript(self.suite.hash)
+        self.transcript.update(client_hello)
+        self.transcript.update(server_hello)
+        self.record = RecordLayer()
+        self.record.write(22, server_hello)
+        self.schedule = KeySchedule(self.suite)
+        self.schedule.set_psk(None)
+        self.schedule.set_shared_secret(shared)
+        digest = self.transcript.digest()
+        self.client_hs = self.schedule.client_handshake_traffic_secret(digest)
+        self.server_hs = self.schedule.server_handshake_traffic_secret(digest)
+        self.record.set_write_key(self.suite, self.server_hs)
+
+    def send(self, message: bytes) -> None:
+        """One handshake message in its own protected record, added to the transcript."""
+        self.transcript.update(message)
+        self.record.write(22, message)
+
+    def send_certificate(self, issued: Any, scheme: int = 0x0403) -> None:
+        from tls13.messages import Certificate, CertificateEntry, CertificateVerify
+        from tls13.signatures import SCHEMES, certificate_verify_input
+
+        der = issued.cert.public_bytes(Encoding.DER)
+        self.send(Certificate(b"", (CertificateEntry(der),)).serialize())
+        signed = certificate_verify_input(True, self.transcript.digest())
+        self.send(CertificateVerify(scheme, SCHEMES[scheme].sign(issued.key, signed)).serialize())
+
+    def finished_message(self) -> bytes:
+        from tls13.keyschedule import finished_verify_data
+        from tls13.messages import Finished
+
+        verify_data = finished_verify_data(
+            self.suite.hash, self.server_hs, self.transcript.digest()
+        )
+        return Finished(verify_data).serialize()
+
+    def send_finished(self) -> None:
+        """Finished, then switch to the server application keys (for post-handshake messages)."""
+        self.send(self.finished_message())
+        self.schedule.set_master()
+        secret = self.schedule.server_application_traffic_secret(self.transcript.digest())
+        self.record.set_write_key(self.suite, secret)
+
+    def output(self) -> bytes:
+        return self.record.take_output()

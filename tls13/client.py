@@ -518,7 +518,8 @@ class ClientConnection(Connection):
             raise illegal_parameter("server selected an ALPN protocol we did not offer")
         limit = message.record_size_limit()
         if limit is not None:
-            self._record.peer_record_limit = min(limit, 16385) - 1
+            # RFC 8449 §4: in TLS 1.3 the limit is the whole TLSInnerPlaintext length.
+            self._record.peer_record_limit = min(limit, 16385)
         if message.early_data():
             self._accept_early_data()
         elif self._early_offered:
