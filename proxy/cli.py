@@ -11,6 +11,7 @@ available in this installation; ``run`` otherwise returns what the daemon return
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 from collections.abc import Sequence
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        help="state directory for the embedded default (default: $STATE_DIRECTORY, "
+        help="state directory (overrides global.state_dir; default: $STATE_DIRECTORY, "
         "/var/lib/tls13-proxy as root, else ~/.local/state/tls13-proxy)",
     )
     return parser
@@ -79,10 +80,18 @@ def _summary(settings: Settings) -> str:
 
 
 def load(config: Path | None, state_dir: Path | None) -> Settings:
-    """The settings the command line asks for (a file, or the embedded default)."""
+    """The settings the command line asks for (a file, or the embedded default).
+
+    ``--state-dir`` overrides ``global.state_dir`` of a file too (handy for trying a
+    configuration as an unprivileged user).
+    """
     if config is None:
-        return embedded_default(state_dir)
-    return load_settings(config)
+        return embedded_default(state_dir.resolve() if state_dir is not None else None)
+    settings = load_settings(config)
+    if state_dir is None:
+        return settings
+    new_global = dataclasses.replace(settings.global_, state_dir=state_dir.resolve())
+    return dataclasses.replace(settings, global_=new_global)
 
 
 def _run_daemon(settings: Settings, config: Path | None) -> int:

@@ -120,8 +120,11 @@ def test_run_hands_settings_to_the_daemon(ws: Workspace, monkeypatch: pytest.Mon
     path = ws.write(MINIMAL)
     assert main(["run", "--config", str(path)]) == 7
     assert main(["--state-dir", str(ws.root / "state")]) == 7
-    (file_settings, file_path), (default_settings, default_path) = calls
+    assert main(["run", "-c", str(path), "--state-dir", str(ws.root / "other")]) == 7
+    (file_settings, file_path), (default_settings, default_path), (overridden, _) = calls
     assert file_path == path and file_settings.listener("web").name == "web"
+    assert overridden.global_.state_dir == ws.root / "other"
+    assert overridden.listeners == file_settings.listeners
     assert default_path is None
     assert default_settings.global_.state_dir == ws.root / "state"
     assert default_settings.certificates[0].self_signed
