@@ -649,6 +649,8 @@ def _expand_include(pattern: str, base_dir: Path, where: Where) -> list[Path]:
     full = Path(os.path.expanduser(pattern))
     full = full if full.is_absolute() else base_dir / full
     if not any(ch in pattern for ch in "*?["):
+        if full.is_dir():
+            return sorted(p.resolve() for p in full.glob("*.toml") if p.is_file())
         if not full.is_file():
             where.error(f"included file {full} does not exist")
             return []

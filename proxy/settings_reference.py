@@ -75,8 +75,8 @@ the end. Commented examples are in `config/`.
 
 ## Includes
 
-`include = "conf.d/*.toml"` (a glob, or an array of globs and paths, relative to the main
-file) loads more files after the main one, in sorted order. An included file may hold only
+`include = "conf.d/*.toml"` (a glob, a directory — meaning its `*.toml` files — or an array
+of them, relative to the main file) loads more files after the main one, in sorted order. An included file may hold only
 `[certificates.NAME]`, `[listeners.NAME]`, `[routes.NAME]` and `[backends.NAME]` tables —
 typically one file per site; a name defined twice (in any files) is an error. A glob that
 matches nothing is not an error (an empty `conf.d/`), a plain path that does not exist is.

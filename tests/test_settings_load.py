@@ -236,6 +236,14 @@ def test_include_list_and_order(ws: Workspace) -> None:
     assert [p.name for p in settings.backends] == ["app", "a", "b", "c"]
 
 
+def test_include_a_directory(ws: Workspace) -> None:
+    ws.write('[backends.z]\nservers = ["demo"]\n', "sites.d/z.toml")
+    ws.write('[backends.y]\nservers = ["demo"]\n', "sites.d/y.toml")
+    ws.write("not toml at all", "sites.d/README")
+    settings = ws.load('include = "sites.d"\n' + MINIMAL)
+    assert [p.name for p in settings.backends] == ["app", "y", "z"]
+
+
 def test_include_errors_name_the_snippet(ws: Workspace) -> None:
     snippet = ws.write(
         '[backends.app]\nservers = ["demo"]\n[global]\nworkers = 2\n', "conf.d/x.toml"
