@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from core_helpers import HELLO_RETRY, SIMPLE_1RTT, load_trace
+from core_helpers import COMPATIBILITY, HELLO_RETRY, SIMPLE_1RTT, load_trace
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from engine_helpers import ScriptedRandom, pem_key, split_records, trace_records, trace_rsa_key
@@ -24,7 +24,12 @@ from tls13.config import ServerConfig
 from tls13.groups import BY_NAME as GROUP_CODES
 from tls13.groups import GROUPS
 from tls13.keyschedule import export
-from tls13.messages import Certificate, CertificateVerify, ServerHello
+from tls13.messages import (
+    Certificate,
+    CertificateVerify,
+    EncryptedExtensions,
+    ServerHello,
+)
 from tls13.record import RecordLayer
 from tls13.server import ServerConnection
 from tls13.signatures import SCHEMES
@@ -195,3 +200,42 @@ def test_hello_retry_request_server_records_match_trace(monkeypatch: pytest.Monk
     assert conn.receive_data(client[3]) == [events.ConnectionClosed(clean=True)]
     conn.close()
     assert conn.data_to_send() == server[3]  # close_notify, byte for byte
+
+
+def _trace_server(
+    section: str, monkeypatch: pytest.MonkeyPatch, **overrides: Any
+) -> ServerConnection:
+    """A server configured from a trace section: its groups (as listed in its
+    EncryptedExtensions), random, ephemeral key and replayed signature."""
+    trace = load_trace(section)
+    _replay_signature(monkeypatch, trace)
+    server_hello = ServerHello.parse(_message(trace, "ServerHello", "ServerHello")[4:])
+    encrypted = EncryptedExtensions.parse(
+        _message(trace, "EncryptedExtensions", "EncryptedExtensions")[4:]
+    )
+    groups = encrypted.supported_groups()
+    assert groups is not None
+    private = trace["server create an ephemeral x25519 key pair: private key"]
+    config = ServerConfig(
+        certificates=_trace_store(trace),
+        groups=tuple(groups),
+        random=ScriptedRandom([server_hello.random]),
+        key_share_factory=lambda code: GROUPS[code].private_from_bytes(private),
+        cookie_secret=bytes(32),
+        **overrides,
+    )
+    return ServerConnection(config)
+
+
+def test_compatibility_mode_server_records_match_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    # RFC 8446 D.4: a client with a legacy_session_id gets a CCS right after ServerHello.
+    conn = _trace_server(COMPATIBILITY, monkeypatch)
+    client = _records(COMPATIBILITY, "client")
+    server = _records(COMPATIBILITY, "server")
+    conn.receive_data(client[0])
+    assert split_records(conn.data_to_send()) == server[:3]
+    assert conn.receive_data(client[1]) == []  # the client's own compatibility CCS
+    assert isinstance(conn.receive_data(client[2])[0], events.HandshakeComplete)
+    assert conn.receive_data(client[3]) == [events.ConnectionClosed(clean=True)]
+    conn.close()
+    assert conn.data_to_send() == server[3]
