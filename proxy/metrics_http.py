@@ -38,6 +38,10 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
         host, port = address
     else:
         text = address.strip()
+        if text.startswith("systemd"):
+            raise AddressError(
+                f"{address!r} is socket-activated: pass the socket from systemd, not the name"
+            )
         if text.startswith("["):
             host, sep, port_text = text[1:].partition("]:")
             if not sep:

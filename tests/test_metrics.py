@@ -354,7 +354,9 @@ def test_parse_address(text: str | tuple[str, int], expected: tuple[str, int]) -
     assert parse_address(text) == expected
 
 
-@pytest.mark.parametrize("text", ["9464", "::1:9464", "[::1]9464", "host:http", "host:70000"])
+@pytest.mark.parametrize(
+    "text", ["9464", "::1:9464", "[::1]9464", "host:http", "host:70000", "systemd:metrics"]
+)
 def test_parse_address_rejects(text: str) -> None:
     with pytest.raises(AddressError):
         parse_address(text)
