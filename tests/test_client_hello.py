@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 from msg_helpers import record, split_records
 
+from tls13 import events
 from tls13 import extensions as ext
 from tls13.alerts import AlertDescription, TLSError
 from tls13.client import ClientConnection, ClientState
@@ -29,6 +30,7 @@ from tls13.messages import (
     ServerHello,
     parse_message,
 )
+from tls13.tickets import SessionTicket
 
 X25519 = GROUP_CODES["x25519"]
 P256 = GROUP_CODES["secp256r1"]
@@ -430,3 +432,166 @@ def test_unsolicited_extension_in_retry() -> None:
     _expect_alert(
         client, record(HANDSHAKE, bad.serialize()), AlertDescription.unsupported_extension
     )
+
+
+# --------------------------------------------------------------------- record versions
+
+
+def test_initial_client_hello_record_says_tls10_and_retry_says_tls12() -> None:
+    client = ClientConnection(
+        ClientConfig(key_share_groups=(X25519,), groups=(X25519, P256)), server_name="a.example"
+    )
+    client.start()
+    first = client.data_to_send()
+    assert first[:3] == b"\x16\x03\x01"  # RFC 8446 §5.1: allowed for the initial ClientHello
+    hello = parse_message(split_records(first)[0][1])
+    assert isinstance(hello, ClientHello)
+    client.receive_data(record(HANDSHAKE, _hrr_for(P256)(hello).serialize()))
+    retry_flight = client.data_to_send()
+    assert retry_flight[:3] == b"\x14\x03\x03"  # the CCS
+    assert retry_flight[6:9] == b"\x16\x03\x03"  # ClientHello2
+
+
+# --------------------------------------------------------------------- resumption offers
+
+NOW = 1_700_000_000.0
+
+
+def _ticket(**fields: object) -> SessionTicket:
+    values: dict[str, object] = {
+        "ticket": b"opaque-ticket",
+        "psk": bytes(range(32)),
+        "cipher_suite": 0x1301,
+        "lifetime": 3600,
+        "age_add": 0xFFFFFF00,
+        "received_at": NOW - 2.5,
+        "max_early_data": 0,
+        "server_name": "example.com",
+        "alpn_protocol": None,
+    }
+    values.update(fields)
+    return SessionTicket(**values)  # type: ignore[arg-type]
+
+
+def _resuming(
+    ticket: SessionTicket, alpn: tuple[str, ...] = (), **config: object
+) -> tuple[ClientConnection, list[tuple[int, bytes]]]:
+    config.setdefault("clock", lambda: NOW)
+    client = ClientConnection(
+        _config(**config), server_name="example.com", alpn_protocols=alpn, session=ticket
+    )
+    client.start()
+    return client, split_records(client.data_to_send())
+
+
+def test_psk_offer_layout() -> None:
+    _, records = _resuming(_ticket())
+    hello = parse_message(records[0][1])
+    assert isinstance(hello, ClientHello)
+    assert hello.extensions[-1][0] == ExtensionType.pre_shared_key  # §4.2.11: last
+    offered = hello.pre_shared_key()
+    assert offered is not None
+    (identity,) = offered.identities
+    assert identity.identity == b"opaque-ticket"
+    # §4.2.11.1: age in milliseconds plus age_add, modulo 2^32.
+    assert identity.obfuscated_ticket_age == (2500 + 0xFFFFFF00) % 2**32
+    (binder,) = offered.binders
+    assert len(binder) == 32 and binder != bytes(32)
+    assert hello.psk_key_exchange_modes() == [ext.PSK_DHE_KE]
+    assert not hello.early_data() and len(records) == 1
+
+
+def test_binder_depends_on_the_psk() -> None:
+    _, first = _resuming(_ticket())
+    _, second = _resuming(_ticket(psk=bytes(32)))
+    binders = []
+    for records in (first, second):
+        hello = parse_message(records[0][1])
+        assert isinstance(hello, ClientHello)
+        offered = hello.pre_shared_key()
+        assert offered is not None
+        binders.append(offered.binders[0])
+    assert binders[0] != binders[1]
+
+
+@pytest.mark.parametrize(
+    "ticket,config",
+    [
+        (_ticket(cipher_suite=0x1302), {"cipher_suites": (0x1301,)}),
+        (_ticket(received_at=NOW - 3601), {}),
+        (_ticket(received_at=NOW + 10), {}),
+        (_ticket(lifetime=10**7, received_at=NOW - 604801), {}),
+        (_ticket(server_name="other.example"), {}),
+    ],
+    ids=["suite-not-offered", "expired", "from-the-future", "over-7-days", "other-server"],
+)
+def test_unusable_tickets_are_not_offered(ticket: SessionTicket, config: dict[str, object]) -> None:
+    _, records = _resuming(ticket, **config)
+    hello = parse_message(records[0][1])
+    assert isinstance(hello, ClientHello) and hello.pre_shared_key() is None
+
+
+def test_early_data_offer_and_limits() -> None:
+    client, records = _resuming(_ticket(max_early_data=100))
+    hello = parse_message(records[0][1])
+    assert isinstance(hello, ClientHello) and hello.early_data()
+    # Appendix D.4: with 0-RTT the compatibility CCS follows ClientHello1 at once.
+    assert records[1] == (CCS, b"\x01")
+    assert client.early_data_allowed == 100
+    client.send_early_data(b"x" * 60)
+    assert client.early_data_allowed == 40
+    (protected,) = split_records(client.data_to_send())
+    assert protected[0] == APPLICATION_DATA and len(protected[1]) == 60 + 1 + 16
+    with pytest.raises(TLSError):
+        client.send_early_data(b"y" * 41)  # over max_early_data_size
+
+
+def test_no_early_data_without_a_ticket_that_allows_it() -> None:
+    client, _ = _started()
+    assert client.early_data_allowed == 0
+    with pytest.raises(TLSError):
+        client.send_early_data(b"nope")
+
+
+@pytest.mark.parametrize(
+    "ticket_alpn,offered,expect_early",
+    [
+        ("h2", ("h2", "http/1.1"), True),
+        ("h2", ("http/1.1",), False),
+        (None, (), True),
+        (None, ("h2",), False),
+    ],
+)
+def test_early_data_only_when_alpn_can_match(
+    ticket_alpn: str | None, offered: tuple[str, ...], expect_early: bool
+) -> None:
+    _, records = _resuming(_ticket(max_early_data=100, alpn_protocol=ticket_alpn), alpn=offered)
+    hello = parse_message(records[0][1])
+    assert isinstance(hello, ClientHello)
+    assert hello.pre_shared_key() is not None
+    assert hello.early_data() is expect_early
+
+
+def test_retry_drops_early_data_and_recomputes_the_binder() -> None:
+    client, records = _resuming(
+        _ticket(max_early_data=100), key_share_groups=(X25519,), groups=(X25519, P256)
+    )
+    first = parse_message(records[0][1])
+    assert isinstance(first, ClientHello)
+    client.send_early_data(b"early")
+    client.data_to_send()
+    out = client.receive_data(record(HANDSHAKE, _hrr_for(P256)(first).serialize()))
+    assert any(isinstance(e, events.EarlyDataRejected) for e in out)
+    retry_records = split_records(client.data_to_send())
+    # ClientHello2 goes in the clear (no second CCS: one was sent after ClientHello1).
+    assert [t for t, _ in retry_records] == [HANDSHAKE]
+    second = parse_message(retry_records[0][1])
+    assert isinstance(second, ClientHello)
+    assert not second.early_data() and second.extensions[-1][0] == ExtensionType.pre_shared_key
+    first_psk, second_psk = first.pre_shared_key(), second.pre_shared_key()
+    assert first_psk is not None and second_psk is not None
+    assert first_psk.identities == second_psk.identities
+    # The binder now also covers message_hash(CH1) and the HRR (§4.2.11.2).
+    assert first_psk.binders != second_psk.binders
+    with pytest.raises(TLSError):
+        client.send_early_data(b"more")

@@ -92,6 +92,8 @@ _CCS_STATES = frozenset(
     }
 )
 
+_INITIAL_RECORD_VERSION = 0x0301
+
 # States in which 0-RTT data may still be sent (until the server's Finished, §4.2.10).
 _EARLY_DATA_STATES = frozenset(
     {ClientState.WAIT_SH, ClientState.WAIT_EE, ClientState.WAIT_FINISHED}
@@ -189,7 +191,12 @@ class ClientConnection(Connection):
             self._shares[code] = self._new_share(code)
         hello = self._build_hello(session_id)
         self._transcript = Transcript()
+        # RFC 8446 §5.1: the initial ClientHello record may say TLS 1.0 for old
+        # middleboxes; every other record, ClientHello2 included, says 0x0303.
+        self._record.plaintext_version = _INITIAL_RECORD_VERSION
         self._send_handshake(hello.serialize())
+        self._flush_handshake()
+        self._record.plaintext_version = LEGACY_VERSION
         self._hello = hello
         self._set_state(ClientState.WAIT_SH)
         if self._early_offered:
@@ -255,11 +262,20 @@ class ClientConnection(Connection):
         hello = ClientHello(self._client_random, session_id, suites, extensions)
         if self._offered_psk is None:
             return hello
-        if self._offered_psk.ticket.max_early_data > 0:
+        if self._early_data_fits(self._offered_psk.ticket):
             self._early_offered = True
             self._early_allowed = self._offered_psk.ticket.max_early_data
             hello = replace(hello, extensions=[*extensions, (ExtensionType.early_data, b"")])
         return self._with_psk(hello, None)
+
+    def _early_data_fits(self, ticket: SessionTicket) -> bool:
+        """Offer 0-RTT only when the server could accept it: the ticket allows it and
+        the ALPN protocol of the ticket is still possible (§4.2.10)."""
+        if ticket.max_early_data <= 0:
+            return False
+        if ticket.alpn_protocol is None:
+            return not self._alpn_offered
+        return ticket.alpn_protocol in self._alpn_offered
 
     def _groups(self) -> list[int]:
         return [code for code in self._config.groups if code in GROUPS]
