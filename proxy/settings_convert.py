@@ -72,6 +72,13 @@ def toml_string(text: str) -> str:
     return f'"{escaped}"'
 
 
+def toml_scalar(value: str | int | float | bool) -> str:
+    """A scalar as it would be written in TOML (for messages that suggest a fix)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return toml_string(value) if isinstance(value, str) else repr(value)
+
+
 class Converter(Generic[T]):
     """Base class: ``convert`` raw → typed, ``describe`` the syntax, ``show`` typed → TOML."""
 
@@ -331,8 +338,9 @@ class ListOf(Converter[tuple[T, ...]]):
         self.describe = f"array of {inner.describe}"
 
     def convert(self, raw: object, base_dir: Path) -> tuple[T, ...]:
-        if isinstance(raw, (str, int, float)) and not isinstance(raw, bool) and self.min_items:
-            raise BadValue(f"expected an array, got {type_name(raw)} {raw!r} (write [{raw!r}])")
+        if isinstance(raw, (str, int, float, bool)):
+            hint = toml_scalar(raw)
+            raise BadValue(f"expected an array, got {type_name(raw)} {hint} (write [{hint}])")
         if not isinstance(raw, list):
             raise BadValue(f"expected an array, got {type_name(raw)} {raw!r}")
         if len(raw) < self.min_items:

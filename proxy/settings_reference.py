@@ -101,7 +101,8 @@ Warnings (the configuration still loads): expired or not yet valid certificates,
 in issuing order, world-readable private or ticket keys, names not covered by the
 certificate, client CA certificates that are not CAs, a keylog file, early data allowed where
 0-RTT is off, route ALPN protocols the listener never negotiates, ticket lifetimes longer
-than the key rotation, a listener connection limit above the global one, a `user`/`group`
+than the key rotation, a route another route shadows, a listener connection limit above
+the global one, a `user`/`group`
 that does not exist on this host, pools no route uses.
 
 ## Addresses

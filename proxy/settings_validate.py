@@ -284,9 +284,24 @@ def _check_listener(
     )
 
 
+def _warn_shadowed_routes(routes: Sequence[RouteSettings], where: Where) -> None:
+    """A route whose (name, ALPN) pair an earlier route of the listener already takes never
+    receives a connection for that name."""
+    seen: dict[tuple[str, tuple[str, ...]], str] = {}
+    for route in routes:
+        for name in route.server_names:
+            first = seen.setdefault((name, tuple(sorted(route.alpn))), route.name)
+            if first != route.name:
+                where.at("routes").warn(
+                    f"route {route.name!r} never gets {name!r}: route {first!r} "
+                    "matches the same name and ALPN first"
+                )
+
+
 def _check_listener_routes(
     listener: ListenerSettings, routes: Sequence[RouteSettings], where: Where
 ) -> None:
+    _warn_shadowed_routes(routes, where)
     defaults = [route.name for route in routes if route.default]
     if len(defaults) > 1:
         where.at("routes").error(

@@ -587,3 +587,19 @@ def test_engine_rejection_is_reported(ws: Workspace, monkeypatch: pytest.MonkeyP
     problem = find(ws.errors(MINIMAL), "certificates.site")
     assert "the TLS engine cannot use" in problem.message
     assert "unsupported key type" in problem.message
+
+
+def test_shadowed_route_warns(ws: Workspace) -> None:
+    text = (
+        MINIMAL
+        + '\n[routes.a]\nserver_names = ["x.example.com"]\npool = "app"\n'
+        + '\n[routes.b]\nserver_names = ["y.example.com", "X.example.com"]\npool = "app"\n'
+    )
+    warning = find(list(ws.load(text).warnings), "listeners.web.routes")
+    assert "route 'b' never gets 'x.example.com': route 'a' matches" in warning.message
+
+
+def test_scalar_where_an_array_is_expected_suggests_brackets(ws: Workspace) -> None:
+    text = edited('servers = ["127.0.0.1:8080"]', 'servers = "127.0.0.1:8080"')
+    problem = find(ws.errors(text), "backends.app.servers")
+    assert 'write ["127.0.0.1:8080"]' in problem.message
