@@ -99,8 +99,10 @@ class Running:
             pass
 
     def log_tail(self, lines: int = 15) -> str:
+        """The last ``lines`` non-blank lines of the target's output (its error, usually)."""
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+            text = self.log.read_text(errors="replace")
+            return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
         except FileNotFoundError:
             return ""
 
@@ -144,7 +146,7 @@ class Target(ABC):
             wait_for_port(port, proc, timeout=30)
         except RuntimeError as error:
             running.stop()
-            raise RuntimeError(f"{self.name}: {error}\n{running.log_tail()}") from None
+            raise RuntimeError(f"{error}: {running.log_tail(1)}\n{running.log_tail()}") from None
         time.sleep(0.3)  # let every worker of a multi-process target come up
         return running
 

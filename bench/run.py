@@ -113,35 +113,30 @@ class TargetBench:
         self.upload_file = upload_file
         self.result = TargetResult(target.name, target.description)
 
-    def run(self) -> TargetResult:
+    def start(self, workers: int, cpus: str | None) -> Running | None:
+        """Start one instance; on failure record why (for ``workers`` = 1, the whole target)."""
         reason = self.target.available()
         if reason:
             self.result.error = f"not run: {reason}"
-            return self.result
-        try:
-            running = self.start(workers=1, cpus=self.plan.target_cpus)
-        except RuntimeError as error:
-            self.result.error = f"failed to start: {error}"
-            return self.result
-        try:
-            self.probe(running)
-            self.rounds(running)
-            self.hold_connections(running)
-        finally:
-            running.stop()
-        self.scaling()
-        return self.result
-
-    def start(self, workers: int, cpus: str | None) -> Running:
+            return None
         log(f"[{self.target.name}] starting ({workers} worker(s), cpus {cpus or 'any'})")
-        return self.target.start(self.material, self.workdir, self.backend_port, workers, cpus)
+        try:
+            return self.target.start(self.material, self.workdir, self.backend_port, workers, cpus)
+        except RuntimeError as error:
+            if workers == 1 and cpus == self.plan.target_cpus:
+                self.result.error = f"failed to start: {error}"
+            else:
+                self.result.fail(f"scaling_w{workers}", f"failed to start: {error}")
+            return None
 
     def alive(self, running: Running) -> bool:
         if running.proc.poll() is None:
             return True
-        self.result.error = (
-            f"exited with status {running.proc.returncode} during the run:\n{running.log_tail()}"
-        )
+        if not self.result.error:
+            self.result.error = (
+                f"exited with status {running.proc.returncode} during the run: "
+                f"{running.log_tail(1)}\n{running.log_tail()}"
+            )
         return False
 
     def probe(self, running: Running) -> None:
@@ -157,22 +152,28 @@ class TargetBench:
         # Warm-up: first connections pay for imports, caches and lazy initialisation.
         loadgen.run_s_time(running.port, False, 1, 1, self.plan.load_cpus)
 
-    def rounds(self, running: Running) -> None:
-        steps: list[tuple[str, Callable[[Running], RoundResult | None]]] = [
+    def steps(self) -> list[tuple[str, Callable[[Running], RoundResult | None]]]:
+        return [
             ("full_hs", self.full_handshakes),
             ("resumed_hs", self.resumed_handshakes),
             ("keepalive", self.keepalive),
             ("download", self.download),
             ("upload", self.upload),
         ]
-        for number in range(1, self.plan.rounds + 1):
-            log(f"[{self.target.name}] round {number}/{self.plan.rounds}")
-            for metric, step in steps:
-                if not self.alive(running):
-                    return
-                outcome = step(running)
-                if outcome is not None:
-                    self.result.metrics.setdefault(metric, []).append(outcome)
+
+    def measure_step(
+        self, running: Running, metric: str, step: Callable[[Running], RoundResult | None]
+    ) -> None:
+        if not self.alive(running):
+            return
+        try:
+            outcome = step(running)
+        except (OSError, subprocess.SubprocessError, ValueError) as error:
+            # A client that crashed or hung must not lose the other targets' figures.
+            self.result.fail(metric, f"load generator error: {type(error).__name__}: {error}")
+            return
+        if outcome is not None:
+            self.result.metrics.setdefault(metric, []).append(outcome)
 
     def full_handshakes(self, running: Running) -> RoundResult | None:
         return self.new_connections(
@@ -311,26 +312,67 @@ class TargetBench:
         finally:
             holder.close()
 
-    def scaling(self) -> None:
-        """Full handshakes/s with 1 and 2 workers, nothing pinned (both cores shared)."""
-        for workers in (1, 2):
-            try:
-                running = self.start(workers=workers, cpus=None)
-            except RuntimeError as error:
-                self.result.fail(f"scaling_w{workers}", f"failed to start: {error}")
-                continue
-            try:
-                loadgen.run_s_time(running.port, False, 1, 1, None)  # warm-up
-                for _ in range(self.plan.scaling_rounds):
-                    if not self.alive(running):
-                        break
-                    outcome = self.new_connections(
-                        running, None, 2 * self.plan.s_time_processes, f"scaling_w{workers}"
-                    )
-                    if outcome is not None:
-                        self.result.scaling.setdefault(f"w{workers}", []).append(outcome)
-            finally:
-                running.stop()
+    def scaling_round(self, running: Running, workers: int) -> None:
+        """Full handshakes/s for one instance started unpinned (both cores shared)."""
+        if running.proc.poll() is not None:
+            self.result.fail(f"scaling_w{workers}", f"exited: {running.log_tail(1)}")
+            return
+        outcome = self.new_connections(
+            running, None, 2 * self.plan.s_time_processes, f"scaling_w{workers}"
+        )
+        if outcome is not None:
+            self.result.scaling.setdefault(f"w{workers}", []).append(outcome)
+
+
+def run_benches(benches: list[TargetBench], plan: Plan) -> None:
+    """Interleave the targets inside every round so that background noise on the machine
+    (other work on the shared cores) lands on all of them alike.  Idle targets cost nothing,
+    so all run at once, each on its own port."""
+    running: dict[str, Running] = {}
+    try:
+        for bench in benches:
+            instance = bench.start(workers=1, cpus=plan.target_cpus)
+            if instance is not None:
+                running[bench.target.name] = instance
+                bench.probe(instance)
+        active = [bench for bench in benches if bench.target.name in running]
+        for number in range(1, plan.rounds + 1):
+            log(f"round {number}/{plan.rounds}")
+            for metric, _ in active[0].steps() if active else []:
+                for bench in active:
+                    step = dict(bench.steps())[metric]
+                    bench.measure_step(running[bench.target.name], metric, step)
+        for bench in active:
+            bench.hold_connections(running[bench.target.name])
+            stop(running.pop(bench.target.name))
+    finally:
+        for instance in running.values():
+            stop(instance)
+    run_scaling([bench for bench in benches if not bench.result.error], plan)
+
+
+def run_scaling(benches: list[TargetBench], plan: Plan) -> None:
+    """1 and 2 worker instances of every target side by side, measured alternately."""
+    instances: list[tuple[TargetBench, int, Running]] = []
+    try:
+        for bench in benches:
+            for workers in (1, 2):
+                instance = bench.start(workers=workers, cpus=None)
+                if instance is not None:
+                    loadgen.run_s_time(instance.port, False, 1, 1, None)  # warm-up
+                    instances.append((bench, workers, instance))
+        for number in range(1, plan.scaling_rounds + 1):
+            log(f"scaling round {number}/{plan.scaling_rounds}")
+            for bench, workers, instance in instances:
+                bench.scaling_round(instance, workers)
+    finally:
+        for _bench, _workers, instance in instances:
+            stop(instance)
+
+
+def stop(instance: Running) -> None:
+    log(f"[{instance.name}] stopping ({instance.workers} worker(s))")
+    instance.stop()
 
 
 def log(message: str) -> None:
@@ -452,15 +494,15 @@ def main(argv: list[str] | None = None) -> int:
         with open(upload_file, "wb") as out:
             out.truncate(plan.bulk_bytes)  # sparse file: reading it costs no disk I/O
         backend, backend_port = start_backend(workdir, plan.load_cpus)
-        for name in names:
-            bench = TargetBench(TARGETS[name], plan, material, workdir, backend_port, upload_file)
-            try:
-                results.append(bench.run())
-            except Exception as error:  # one broken target must not lose the others' figures
-                bench.result.error = f"harness error: {type(error).__name__}: {error}"
-                results.append(bench.result)
-            if bench.result.error:
-                log(f"[{name}] {bench.result.error.splitlines()[0]}")
+        benches = [
+            TargetBench(TARGETS[name], plan, material, workdir, backend_port, upload_file)
+            for name in names
+        ]
+        run_benches(benches, plan)
+        results = [bench.result for bench in benches]
+        for result in results:
+            if result.error:
+                log(f"[{result.name}] {result.error.splitlines()[0]}")
     finally:
         if backend is not None:
             backend.terminate()
