@@ -100,10 +100,9 @@ together with certificate files, a keylog file in a missing directory.
 Warnings (the configuration still loads): expired or not yet valid certificates, a chain not
 in issuing order, world-readable private or ticket keys, names not covered by the
 certificate, client CA certificates that are not CAs, a keylog file, early data allowed where
-0-RTT is off, route ALPN protocols the listener never negotiates, ticket lifetimes longer
-than the key rotation, a route another route shadows, a listener connection limit above
-the global one, a `user`/`group`
-that does not exist on this host, pools no route uses.
+0-RTT is off, route ALPN protocols the listener never negotiates, a route another route
+shadows, ticket lifetimes longer than the key rotation, a listener connection limit above the
+global one, a `user`/`group` that does not exist on this host, pools no route uses.
 
 ## Addresses
 
