@@ -148,7 +148,11 @@ DEFAULT_GROUPS = ("X25519MLKEM768", "x25519", "secp256r1", "secp384r1")
 
 
 def setting(default: Any, conv: Converter[Any], doc: str, default_doc: str | None = None) -> Any:
-    """A TOML-settable field: its converter, documentation and default live in the metadata."""
+    """A TOML-settable field: its converter, documentation and default live in the metadata.
+
+    A function as ``default`` is a factory called per instance (used for defaults that depend
+    on the environment, like the state directory); ``default_doc`` then describes it.
+    """
     meta = {"conv": conv, "doc": doc, "default_doc": default_doc}
     if callable(default) and not isinstance(default, type):
         return field(default_factory=default, metadata=meta)

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -565,8 +565,3 @@ class BackendAddr(Converter[BackendAddress]):
 
     def show(self, value: BackendAddress) -> str:
         return toml_string(str(value))
-
-
-def describe_any(conv: Converter[Any]) -> str:
-    """The syntax description of a converter (for the reference)."""
-    return conv.describe

@@ -14,7 +14,6 @@ import dataclasses
 import grp
 import pwd
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 from proxy.settings import (
     SELF_SIGNED_NAMES,
@@ -359,14 +358,3 @@ def _warn_unused_pools(settings: Settings, where: _WhereFactory) -> None:
     for pool in settings.backends:
         if pool.name not in used:
             where("backends", pool.name).warn("not used by any route")
-
-
-def file_paths(settings: Settings) -> tuple[Path, ...]:
-    """Every file a configuration depends on (for reload watching and packaging checks)."""
-    paths: list[Path] = list(settings.files)
-    for cert in settings.certificates:
-        paths.extend(p for p in (cert.chain, cert.key, cert.ocsp) if p is not None)
-    for listener in settings.listeners:
-        if listener.client_ca is not None:
-            paths.append(listener.client_ca)
-    return tuple(dict.fromkeys(paths))
