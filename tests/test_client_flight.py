@@ -307,3 +307,22 @@ def test_handshake_message_after_finished_is_unexpected() -> None:
     client, server = _connected()
     server.record.write(22, EncryptedExtensions([]).serialize())
     _fails(client, server, AlertDescription.unexpected_message)
+
+
+def test_our_record_size_limit_binds_the_server() -> None:
+    client, server = _setup(record_size_limit=1024)
+    _full_flight(server, [(ExtensionType.record_size_limit, ext.encode_record_size_limit(16385))])
+    client.receive_data(server.output())
+    server.record.write(23, bytes(1024))  # exactly the limit of content: fine
+    assert client.receive_data(server.output()) == [events.ApplicationData(bytes(1024))]
+    server.record.write(23, bytes(1025))
+    _fails(client, server, AlertDescription.record_overflow)
+
+
+def test_our_record_size_limit_needs_the_server_to_agree() -> None:
+    # RFC 8449 §4: without the server's extension the limit is not in force.
+    client, server = _setup(record_size_limit=1024)
+    _full_flight(server)
+    client.receive_data(server.output())
+    server.record.write(23, bytes(4000))
+    assert client.receive_data(server.output()) == [events.ApplicationData(bytes(4000))]

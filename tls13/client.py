@@ -52,19 +52,17 @@ from .messages import (
     ServerHello,
 )
 from .signatures import (
+    CLIENT_CONTEXT,
     SCHEMES,
+    SERVER_CONTEXT,
     certificate_verify_input,
     check_certificate_fits,
 )
 from .suites import SUITES, CipherSuite
-from .tickets import SessionTicket
+from .tickets import MAX_TICKET_LIFETIME, SessionTicket
 from .transcript import Transcript, transcript_hash
 
 TLS13 = 0x0304
-SERVER_CV_CONTEXT = b"TLS 1.3, server CertificateVerify"
-CLIENT_CV_CONTEXT = b"TLS 1.3, client CertificateVerify"
-# RFC 8446 §4.6.1: a ticket may not be used more than 7 days after it was issued.
-MAX_TICKET_LIFETIME = 604800
 
 
 class ClientState(enum.Enum):
@@ -534,8 +532,10 @@ class ClientConnection(Connection):
             raise illegal_parameter("server selected an ALPN protocol we did not offer")
         limit = message.record_size_limit()
         if limit is not None:
-            # RFC 8449 §4: in TLS 1.3 the limit is the whole TLSInnerPlaintext length.
+            # RFC 8449 §4: in TLS 1.3 the limit is the whole TLSInnerPlaintext length;
+            # with both sides using the extension, ours now binds the server too.
             self._record.peer_record_limit = min(limit, 16385)
+            self._record.read_record_limit = self._config.record_size_limit + 1
         if message.early_data():
             self._accept_early_data()
         elif self._early_offered:
@@ -603,7 +603,7 @@ class ClientConnection(Connection):
             raise illegal_parameter("CertificateVerify uses a scheme we did not offer")
         leaf = self._peer_certificates[0]
         check_certificate_fits(scheme, leaf)
-        signed = certificate_verify_input(SERVER_CV_CONTEXT, self._transcript.digest())
+        signed = certificate_verify_input(SERVER_CONTEXT, self._transcript.digest())
         scheme.verify(leaf.public_key(), message.signature, signed)
         self._peer_scheme = scheme.name
         self._transcript.update(raw)
@@ -645,18 +645,14 @@ class ClientConnection(Connection):
             # §4.5: EndOfEarlyData goes under the early keys, then we switch.
             self._send_handshake(EndOfEarlyData().serialize())
             self._switch_to_handshake_write()
+        assert self._suite is not None and self._transcript is not None
         request = self._certificate_request
         if request is not None:
-            self._send_client_certificate(request, self._transcript_for_auth())
-        assert self._suite is not None and self._transcript is not None
+            self._send_client_certificate(request, self._transcript)
         verify_data = finished_verify_data(
             self._suite.hash, self._client_hs_secret, self._transcript.digest()
         )
         self._send_handshake(Finished(verify_data).serialize())
-
-    def _transcript_for_auth(self) -> Transcript:
-        assert self._transcript is not None
-        return self._transcript
 
     def _send_compat_ccs(self) -> None:
         """RFC 8446 Appendix D.4: one dummy change_cipher_spec before the second flight."""
@@ -679,7 +675,7 @@ class ClientConnection(Connection):
         entries = tuple(CertificateEntry(der) for der in chain.der_chain)
         certificate = Certificate(request.certificate_request_context, entries)
         self._send_auth_message(certificate.serialize(), transcript)
-        signed = certificate_verify_input(CLIENT_CV_CONTEXT, transcript.digest())
+        signed = certificate_verify_input(CLIENT_CONTEXT, transcript.digest())
         signature = SCHEMES[scheme_code].sign(chain.private_key, signed)
         self._send_auth_message(CertificateVerify(scheme_code, signature).serialize(), transcript)
 
