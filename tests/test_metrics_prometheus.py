@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import ssl
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
-from metrics_helpers import REPO, command, read_line, start_helper, stop
+from metrics_helpers import REPO, child_env, command, read_line, start_helper, stop
 
 PROMETHEUS = shutil.which("prometheus")
 RULES = REPO / "deploy" / "prometheus" / "tls13-proxy-rules.yml"
@@ -156,3 +159,144 @@ def test_prometheus_sees_aggregated_workers_and_fires_restart_alert(
         assert prometheus.scalar("sum(tls13proxy_connections_accepted_total)") == 10
     finally:
         stop(parent)
+
+
+# --------------------------------------------------------------------------- the real daemon
+
+
+def _proxy_config(directory: Path, tls_port: int, metrics_port: int) -> Path:
+    config = directory / "proxy.toml"
+    config.write_text(
+        f"""
+[global]
+state_dir = "{directory / "state"}"
+workers = 2
+access_log = false
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[tls]
+alpn = ["http/1.1"]
+
+[certificates.default]
+self_signed = true
+
+[listeners.public]
+addresses = ["127.0.0.1:{tls_port}"]
+
+[routes.default]
+default = true
+pool = "demo"
+
+[backends.demo]
+servers = ["demo"]
+health = {{ enabled = false }}
+"""
+    )
+    return config
+
+
+def _wait_port(port: int, proxy: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if proxy.poll() is not None:
+            raise AssertionError(f"proxy exited: {log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"port {port} not open within {WAIT}s: {log.read_text()[-3000:]}")
+
+
+def _https_get(port: int) -> bytes:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the proxy's self-signed certificate
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            chunks = []
+            while chunk := tls.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _failed_handshake(port: int) -> None:
+    """A ClientHello that is not one: the proxy must answer with an alert and count a failure."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(bytes.fromhex("16030100050100000100"))
+        raw.settimeout(10)
+        try:
+            while raw.recv(4096):
+                pass
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def running_proxy(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    tls_port, metrics_port = free_port(), free_port()
+    config = _proxy_config(tmp_path, tls_port, metrics_port)
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as sink:
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "run", "--config", str(config)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+            cwd=str(REPO),
+        )
+    try:
+        _wait_port(tls_port, proxy, log)
+        _wait_port(metrics_port, proxy, log)
+        yield tls_port, metrics_port
+    finally:
+        proxy.terminate()
+        try:
+            proxy.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait(timeout=10)
+
+
+def test_prometheus_sees_proxy_traffic(
+    running_proxy: tuple[int, int], start_prometheus: Callable[[int], Prometheus]
+) -> None:
+    tls_port, metrics_port = running_proxy
+    prometheus = start_prometheus(metrics_port)
+    prometheus.wait_for('up{job="tls13-proxy"}', lambda v: v == 1, "proxy target up")
+    prometheus.wait_for("sum(tls13proxy_worker_processes)", lambda v: v == 2, "two workers")
+    before = prometheus.scalar("sum(tls13proxy_handshakes_total)") or 0.0
+
+    requests = 6
+    for _ in range(requests):
+        assert _https_get(tls_port).startswith(b"HTTP/1.1 ")
+    _failed_handshake(tls_port)
+
+    prometheus.wait_for(
+        "sum(tls13proxy_handshakes_total)", lambda v: v >= before + requests, "handshakes"
+    )
+    prometheus.wait_for(
+        'sum(tls13proxy_connections_accepted_total{listener="public"})',
+        lambda v: v >= requests + 1,
+        "accepted connections",
+    )
+    prometheus.wait_for("sum(tls13proxy_handshake_failures_total)", lambda v: v >= 1, "failure")
+    prometheus.wait_for("sum(tls13proxy_sent_bytes_total)", lambda v: v > 0, "bytes sent")
+    prometheus.wait_for("sum(tls13proxy_received_bytes_total)", lambda v: v > 0, "bytes received")
+    prometheus.wait_for(
+        "sum(tls13proxy_handshake_duration_seconds_count)",
+        lambda v: v >= requests,
+        "handshake latency observations",
+    )
+    prometheus.wait_for("sum(tls13proxy_connections_active)", lambda v: v == 0, "all closed")
+    prometheus.wait_for(
+        "count(instance:tls13proxy_handshakes:rate5m)", lambda v: v == 1, "recording rule"
+    )
+    labels = prometheus.query("tls13proxy_handshakes_total")[0][0]
+    assert labels["version"] == "TLSv1.3"
+    assert labels["cipher_suite"].startswith("TLS_")
+    assert prometheus.scalar("tls13proxy_config_last_reload_successful") == 1
