@@ -34,6 +34,7 @@ class STimeResult:
     connections: int = 0
     full: int = 0  # '*': TLS 1.3 connection that was not resumed
     resumed: int = 0  # 'r': SSL_session_reused() was true
+    bytes_read: int = 0  # response bytes: proof that each connection's GET was answered
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -42,11 +43,12 @@ class STimeResult:
         return self.connections / self.seconds if self.seconds else 0.0
 
 
-def _parse_s_time(output: str) -> tuple[int, int, int]:
-    """(full, resumed, reported connections) from one s_time run's output."""
+def _parse_s_time(output: str) -> tuple[int, int, int, int]:
+    """(full, resumed, reported connections, response bytes read) from one s_time run."""
     marks = "".join(line for line in output.splitlines() if re.fullmatch(r"[*r13t.]+", line))
     reported = sum(int(n) for n in re.findall(r"^(\d+) connections in [\d.]+ real", output, re.M))
-    return marks.count("*"), marks.count("r"), reported
+    read = sum(int(n) for n in re.findall(r"bytes read (\d+)$", output, re.M))
+    return marks.count("*"), marks.count("r"), reported, read
 
 
 def run_s_time(
@@ -92,7 +94,7 @@ def run_s_time(
             output, _ = proc.communicate()
         elapsed = time.monotonic() - started
         text = output.decode(errors="replace")
-        full, resumed, reported = _parse_s_time(text)
+        full, resumed, reported, read = _parse_s_time(text)
         if proc.returncode != 0 or reported == 0:
             result.failures.append(
                 text.strip().splitlines()[-1][:200]
@@ -102,6 +104,7 @@ def run_s_time(
         result.full += full
         result.resumed += resumed
         result.connections += full + resumed
+        result.bytes_read += read
         rates += (full + resumed) / elapsed
     # Aggregate rate = sum of each client's rate (they ran concurrently).
     result.seconds = result.connections / rates if rates else 0.0

@@ -50,14 +50,11 @@ def cpus(rounds: list[RoundResult]) -> list[float]:
 
 def check(metric: str, rounds: list[RoundResult]) -> str:
     """What the client saw, proving the kind of work measured."""
-    if metric == "full_hs":
+    if metric in ("full_hs", "resumed_hs"):
         full = sum(int(r.extra["full"]) for r in rounds)
         resumed = sum(int(r.extra["resumed"]) for r in rounds)
-        return f"{full} full, {resumed} resumed"
-    if metric == "resumed_hs":
-        resumed = sum(int(r.extra["resumed"]) for r in rounds)
-        total = sum(int(r.units) for r in rounds)
-        return f"{resumed}/{total} resumed"
+        answered = median([float(r.extra["bytes_per_connection"]) for r in rounds])
+        return f"{full} full, {resumed} resumed, {answered:.0f} B response each"
     if metric == "keepalive":
         errors = sum(int(r.extra["errors"]) for r in rounds)
         p50 = median([float(r.extra["p50_ms"]) for r in rounds])

@@ -33,6 +33,7 @@ from pathlib import Path
 import bench_certs
 import bench_load as loadgen
 import bench_procstat as procstat
+from backend import SMALL_BODY
 from bench_report import render_markdown
 from bench_targets import TARGETS, Material, Running, Target, nofile_hard_limit, start_backend
 
@@ -91,6 +92,25 @@ def measure(
     after = procstat.sample(running.proc.pid)
     cpu = after.cpu - before.cpu
     return RoundResult(value, cpu / units if units else float("nan"), units, extra)
+
+
+def s_time_extra(got: loadgen.STimeResult) -> dict[str, float | int | str]:
+    return {
+        "full": got.full,
+        "resumed": got.resumed,
+        "bytes_per_connection": got.bytes_read / got.connections if got.connections else 0,
+        "failures": "; ".join(got.failures),
+    }
+
+
+def check_responses(result: TargetResult, metric: str, outcome: RoundResult) -> None:
+    """Each s_time connection must have read a whole response (head + 64-byte body)."""
+    if float(outcome.extra["bytes_per_connection"]) < len(SMALL_BODY):
+        result.fail(
+            metric,
+            f"only {outcome.extra['bytes_per_connection']:.0f} response bytes per connection: "
+            "requests were not answered",
+        )
 
 
 class TargetBench:
@@ -188,7 +208,7 @@ class TargetBench:
             return (
                 got.per_second,
                 got.connections,
-                {"full": got.full, "resumed": got.resumed, "failures": "; ".join(got.failures)},
+                s_time_extra(got),
             )
 
         outcome = measure(running, action)
@@ -197,6 +217,7 @@ class TargetBench:
             return None
         if outcome.extra["resumed"]:  # -new must never resume: the figure would be wrong
             self.result.fail(metric, f"{outcome.extra['resumed']} of -new connections resumed")
+        check_responses(self.result, metric, outcome)
         return outcome
 
     def resumed_handshakes(self, running: Running) -> RoundResult | None:
@@ -211,7 +232,7 @@ class TargetBench:
             return (
                 got.resumed / got.seconds if got.seconds else 0.0,
                 got.connections,
-                {"full": got.full, "resumed": got.resumed, "failures": "; ".join(got.failures)},
+                s_time_extra(got),
             )
 
         outcome = measure(running, action)
@@ -221,6 +242,7 @@ class TargetBench:
         if not outcome.extra["resumed"]:
             self.result.fail("resumed_hs", f"no resumption: 0 of {outcome.units:.0f} reused")
             return None
+        check_responses(self.result, "resumed_hs", outcome)
         return outcome
 
     def keepalive(self, running: Running) -> RoundResult | None:
@@ -409,7 +431,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
-def machine_notes(plan: Plan) -> dict[str, str]:
+def machine_notes(plan: Plan, load_at_start: tuple[float, float, float]) -> dict[str, str]:
     def version(command: list[str]) -> str:
         if shutil.which(command[0]) is None:
             return "not installed"
@@ -443,6 +465,11 @@ def machine_notes(plan: Plan) -> dict[str, str]:
         "hitch": version(["/usr/sbin/hitch", "--version"]),
         "wrk": version(["wrk", "-v"]),
         "curl": version(["curl", "--version"]),
+        "load average (1/5/15 min), start → end": (
+            f"{' '.join(f'{x:.2f}' for x in load_at_start)} → "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (anything above ~1 at the start "
+            "is other work sharing these cores: expect noise)"
+        ),
         "pinning": (
             f"target on CPU {plan.target_cpus}, load generators and backend on CPU {plan.load_cpus}"
             if plan.target_cpus
@@ -485,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [name for name in args.targets.split(",") if name]
     command = "python3 bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.monotonic()
+    load_at_start = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="tls13-bench-"))
     backend = None
     results: list[TargetResult] = []
@@ -509,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             backend.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
-    notes = machine_notes(plan)
+    notes = machine_notes(plan, load_at_start)
     markdown = render_markdown(results, plan, notes, command, elapsed)
     print(markdown)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,11 +26,11 @@ def test_s_time_marks_are_counted_per_connection() -> None:
         "6 connections in 0.01s; 600.00 connections/user sec, bytes read 972\n"
         "6 connections in 2 real seconds, 162 bytes read per connection\n"
     )
-    assert bench_load._parse_s_time(output) == (1, 5, 6)
+    assert bench_load._parse_s_time(output) == (1, 5, 6, 972)
 
 
 def test_s_time_failure_reports_nothing() -> None:
-    assert bench_load._parse_s_time("Unable to get connection\n") == (0, 0, 0)
+    assert bench_load._parse_s_time("Unable to get connection\n") == (0, 0, 0, 0)
 
 
 def test_wrk_output_is_parsed_with_units_and_errors() -> None:
@@ -92,6 +92,7 @@ def test_quick_run_against_the_ssl_reference(tmp_path: Path) -> None:
     assert result["name"] == "sslproxy" and result["error"] is None, result["error"]
     full = result["metrics"]["full_hs"][0]["extra"]
     assert full["full"] > 0 and full["resumed"] == 0  # -new really made full handshakes
+    assert full["bytes_per_connection"] > 64  # and each one's GET was answered
     resumed = result["metrics"]["resumed_hs"][0]["extra"]
     assert resumed["resumed"] > 0  # and -reuse really resumed
     assert result["metrics"]["keepalive"][0]["units"] > 0
