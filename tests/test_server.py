@@ -611,3 +611,17 @@ def test_skips_declined_early_data(server: ServerConnection) -> None:
     server.receive_data(hello + junk_early)
     answer = client.handle_server_hello(server.data_to_send())
     assert any(isinstance(e, events.HandshakeComplete) for e in server.receive_data(answer))
+
+
+def test_oversized_handshake_message(make_config: Callable[..., ServerConfig]) -> None:
+    conn = ServerConnection(make_config(limits=Limits(max_handshake_message=4096)))
+    header = b"\x01" + (5000).to_bytes(3, "big")
+    with pytest.raises(TLSError):
+        conn.receive_data(plaintext_record(22, header + bytes(100)))
+    assert conn.data_to_send()[-2] == 2  # a fatal alert went out
+
+
+def test_record_buffer_limit(make_config: Callable[..., ServerConfig]) -> None:
+    conn = ServerConnection(make_config(limits=Limits(max_record_buffer=40_000)))
+    flood = plaintext_record(22, MiniClient().hello()) * 1000  # far beyond the buffer limit
+    expect_alert(conn, flood, AlertDescription.internal_error)

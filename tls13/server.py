@@ -216,7 +216,7 @@ class ServerConnection(Connection):
     def _on_client_hello(self, raw: bytes) -> ServerState:
         hello = ClientHello.parse(raw[4:])
         _check_version(hello)
-        self._config = self._config_for(hello)
+        self._use_config(self._config_for(hello))
         self._emit(
             events.ClientHelloReceived(
                 server_name=hello.server_name(),
@@ -256,6 +256,13 @@ class ServerConnection(Connection):
             raise illegal_parameter("second ClientHello dropped the selected cipher suite")
         selection = _Selection(self._suite, self._hrr_group, shares[0])
         return self._answer(hello, raw, selection, hello_retry=True)
+
+    def _use_config(self, config: ServerConfig) -> None:
+        """Adopt a per-name configuration (its Limits keep those the connection began with)."""
+        self._config = config
+        self._keylog = config.keylog
+        self._clock = config.clock
+        self._record.padding_to = config.record_padding
 
     def _config_for(self, hello: ClientHello) -> ServerConfig:
         """Let the user pick a per-name configuration before we answer (SNI routing)."""
