@@ -286,3 +286,33 @@ def test_keylog_lines(pki: dict[str, Any]) -> None:
         "EXPORTER_SECRET",
     ]
     assert all(len(line.split()) == 3 for line in lines)
+
+
+def test_over_tcp_with_large_transfers(pki: dict[str, Any]) -> None:
+    """Real sockets: segmentation, 1 MiB each way, a KeyUpdate and a clean close."""
+    from engine_helpers import GREETING, EngineServer
+    from msg_helpers import SocketClient
+
+    payload = bytes(range(256)) * 4096
+    with EngineServer(_server_config(pki)) as server:
+        client = SocketClient(
+            ClientConnection(_client_config(pki), server_name="localhost"), server.port
+        )
+        try:
+            info = client.handshake()
+            assert info.server_name == "localhost"
+            client.until(lambda: bytes(client.received).startswith(GREETING))
+            client.received.clear()
+            client.conn.send_data(payload)
+            client.conn.update_keys(request_peer=True)
+            client.conn.send_data(b"tail")
+            client.until(lambda: len(client.received) >= len(payload) + 4, timeout=30)
+            assert bytes(client.received) == payload + b"tail"
+            client.conn.close()
+            client.read_to_eof()
+        finally:
+            client.close()
+        (record,) = server.wait_for(1)
+    assert record.error is None and bytes(record.received) == payload + b"tail"
+    assert events.ConnectionClosed(clean=True) in client.events
+    assert any(isinstance(e, events.KeyUpdated) for e in record.events)
