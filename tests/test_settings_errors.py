@@ -603,3 +603,9 @@ def test_scalar_where_an_array_is_expected_suggests_brackets(ws: Workspace) -> N
     text = edited('servers = ["127.0.0.1:8080"]', 'servers = "127.0.0.1:8080"')
     problem = find(ws.errors(text), "backends.app.servers")
     assert 'write ["127.0.0.1:8080"]' in problem.message
+
+
+def test_certificate_path_that_is_a_directory(ws: Workspace) -> None:
+    (ws.certs / "dir.crt").mkdir()
+    problem = find(ws.errors(edited("site.crt", "dir.crt")), "certificates.site.chain")
+    assert "cannot read" in problem.message and "Is a directory" in problem.message
