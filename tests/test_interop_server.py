@@ -29,6 +29,7 @@ from tls13 import events
 from tls13.alerts import AlertDescription
 from tls13.config import ServerConfig
 from tls13.groups import BY_NAME as GROUP_CODES
+from tls13.tickets import TicketKeyring
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -299,3 +300,27 @@ def _recv_exactly(tls: ssl.SSLSocket, size: int) -> bytes:
             break
         data += chunk
     return bytes(data)
+
+
+@needs_openssl
+def test_openssl_resumption_with_early_data(
+    ca: Issued, leaves: dict[str, Issued], ca_file: Path, tmp_path: Path
+) -> None:
+    config = config_for(
+        ca, leaves["p256"], ticket_keys=TicketKeyring.generate(), max_early_data=16384
+    )
+    session, early = tmp_path / "session.pem", tmp_path / "early.txt"
+    early.write_bytes(b"GET /early\n")
+    with EngineServer(config) as server:
+        run_client(s_client(server.port, ca_file, "-sess_out", str(session)), [b"one\n"])
+        resumed = s_client(
+            server.port, ca_file, "-sess_in", str(session), "-early_data", str(early)
+        )
+        run = run_client(resumed, [b"two\n"])
+        first, second = server.wait_for(2)
+    assert "two" in run.stdout
+    assert first.info is not None and not first.info.resumed
+    assert sum(isinstance(e, events.SessionTicketIssued) for e in first.events) == 2
+    assert second.error is None and second.info is not None
+    assert second.info.resumed and second.info.early_data_accepted
+    assert events.EarlyData(b"GET /early\n") in second.events
