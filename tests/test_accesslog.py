@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.accesslog import (
@@ -107,6 +107,7 @@ def test_hostile_values_cannot_forge_fields_or_lines() -> None:
     assert json.loads(json_line)["sni"] == hostile and "\n" not in json_line
 
 
+@settings(deadline=None)
 @given(st.text(max_size=60))
 def test_logfmt_values_always_one_token(value: str) -> None:
     rendered = logfmt_value(value)
