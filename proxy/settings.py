@@ -18,7 +18,7 @@ import dataclasses
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +48,9 @@ from proxy.settings_convert import (
     did_you_mean,
     type_name,
 )
+from tls13 import groups as _groups
+from tls13 import signatures as _signatures
+from tls13 import suites as _suites
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,63 +81,24 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------------------------
-# Names the engine knows. Taken from tls13.suites/groups/signatures.BY_NAME when those modules
-# are importable; the IANA tables below are the fallback (and list what TLS 1.3 defines).
-
-_IANA_SUITES = {
-    "TLS_AES_128_GCM_SHA256": 0x1301,
-    "TLS_AES_256_GCM_SHA384": 0x1302,
-    "TLS_CHACHA20_POLY1305_SHA256": 0x1303,
-    "TLS_AES_128_CCM_SHA256": 0x1304,
-    "TLS_AES_128_CCM_8_SHA256": 0x1305,
-}
-_IANA_GROUPS = {
-    "secp256r1": 0x0017,
-    "secp384r1": 0x0018,
-    "secp521r1": 0x0019,
-    "x25519": 0x001D,
-    "x448": 0x001E,
-    "ffdhe2048": 0x0100,
-    "ffdhe3072": 0x0101,
-    "ffdhe4096": 0x0102,
-    "ffdhe6144": 0x0103,
-    "ffdhe8192": 0x0104,
-    "SecP256r1MLKEM768": 0x11EB,
-    "X25519MLKEM768": 0x11EC,
-    "SecP384r1MLKEM1024": 0x11ED,
-}
-_IANA_SIGNATURE_SCHEMES = {
-    "ecdsa_secp256r1_sha256": 0x0403,
-    "ecdsa_secp384r1_sha384": 0x0503,
-    "ecdsa_secp521r1_sha512": 0x0603,
-    "rsa_pss_rsae_sha256": 0x0804,
-    "rsa_pss_rsae_sha384": 0x0805,
-    "rsa_pss_rsae_sha512": 0x0806,
-    "ed25519": 0x0807,
-    "ed448": 0x0808,
-    "rsa_pss_pss_sha256": 0x0809,
-    "rsa_pss_pss_sha384": 0x080A,
-    "rsa_pss_pss_sha512": 0x080B,
-}
+# Names the engine knows: the valid values of cipher_suites, groups and signature_schemes.
 
 
-def _engine_table(module: str, fallback: dict[str, int]) -> Callable[[], dict[str, int]]:
-    """A lookup of ``tls13.<module>.BY_NAME``, falling back to the IANA table until it exists."""
-
-    def table() -> dict[str, int]:
-        try:
-            imported = __import__(f"tls13.{module}", fromlist=["BY_NAME"])
-        except ImportError:
-            return fallback
-        by_name = getattr(imported, "BY_NAME", None)
-        return dict(by_name) if isinstance(by_name, dict) and by_name else fallback
-
-    return table
+def suite_names() -> dict[str, int]:
+    """Cipher suites the engine implements (IANA name → code point)."""
+    return dict(_suites.BY_NAME)
 
 
-suite_names = _engine_table("suites", _IANA_SUITES)
-group_names = _engine_table("groups", _IANA_GROUPS)
-signature_scheme_names = _engine_table("signatures", _IANA_SIGNATURE_SCHEMES)
+def group_names() -> dict[str, int]:
+    """Key exchange groups the engine implements."""
+    return dict(_groups.BY_NAME)
+
+
+def signature_scheme_names() -> dict[str, int]:
+    """Schemes usable in CertificateVerify (RFC 8446 §4.2.3: not the PKCS#1 v1.5 ones)."""
+    usable = set(_signatures.HANDSHAKE_SCHEMES)
+    return {name: code for name, code in _signatures.BY_NAME.items() if code in usable}
+
 
 DEFAULT_SUITES = (
     "TLS_AES_128_GCM_SHA256",

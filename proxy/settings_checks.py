@@ -23,8 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
+from tls13.certificates import CertificateChain
+from tls13.tickets import KEY_RECORD_LEN, TicketKeyring
+
 #: tls13.tickets key file format: N records of 16-byte key name + 32-byte key, first = current.
-TICKET_KEY_RECORD_SIZE = 48
+TICKET_KEY_RECORD_SIZE = KEY_RECORD_LEN
 #: Below this an RSA key is too weak to serve (NIST SP 800-57: 2048-bit minimum).
 MIN_RSA_BITS = 2048
 
@@ -290,10 +293,6 @@ def _check_with_engine(
     """Load the files exactly as the daemon will (tls13.CertificateChain), so that nothing
     `check` accepts can fail at start; the checks above only give more precise messages."""
     try:
-        from tls13.certificates import CertificateChain
-    except ImportError:
-        return
-    try:
         CertificateChain.from_pem(
             chain_path.read_bytes(),
             key_path.read_bytes(),
@@ -352,10 +351,6 @@ def check_ticket_key_file(path: Path, where: Where) -> None:
             f"{TICKET_KEY_RECORD_SIZE}-byte keys (16-byte name + 32-byte AES key; the first is "
             f"current); create one with: head -c {TICKET_KEY_RECORD_SIZE} /dev/urandom > {path.name}"
         )
-        return
-    try:
-        from tls13.tickets import TicketKeyring
-    except ImportError:
         return
     try:
         TicketKeyring.from_bytes(data)

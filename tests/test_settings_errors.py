@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from settings_helpers import MINIMAL, Workspace, find, workspace
 
 from proxy.settings import ConfigError, load_settings
+from tls13.certificates import CertificateChain, CertificateError
 
 
 @pytest.fixture
@@ -578,12 +579,10 @@ def test_world_readable_ticket_key_warns(ws: Workspace) -> None:
 
 
 def test_engine_rejection_is_reported(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    certificates = pytest.importorskip("tls13.certificates")
-
     def refuse(*args: object, **kwargs: object) -> None:
-        raise certificates.CertificateError("unsupported key type for TLS 1.3 signatures")
+        raise CertificateError("unsupported key type for TLS 1.3 signatures")
 
-    monkeypatch.setattr(certificates.CertificateChain, "from_pem", refuse)
+    monkeypatch.setattr(CertificateChain, "from_pem", refuse)
     problem = find(ws.errors(MINIMAL), "certificates.site")
     assert "the TLS engine cannot use" in problem.message
     assert "unsupported key type" in problem.message
@@ -609,3 +608,9 @@ def test_certificate_path_that_is_a_directory(ws: Workspace) -> None:
     (ws.certs / "dir.crt").mkdir()
     problem = find(ws.errors(edited("site.crt", "dir.crt")), "certificates.site.chain")
     assert "cannot read" in problem.message and "Is a directory" in problem.message
+
+
+def test_certificate_only_signature_schemes_are_refused(ws: Workspace) -> None:
+    text = edited("[metrics]", '[tls]\nsignature_schemes = ["rsa_pkcs1_sha256"]\n[metrics]')
+    problem = find(ws.errors(text), "tls.signature_schemes[0]")
+    assert "unknown signature scheme 'rsa_pkcs1_sha256'" in problem.message
