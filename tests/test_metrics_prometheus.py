@@ -4,7 +4,9 @@ shows the counters moving as traffic goes through."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -236,8 +238,15 @@ def _failed_handshake(port: int) -> None:
             pass
 
 
+@dataclass(frozen=True)
+class RunningProxy:
+    tls_port: int
+    metrics_port: int
+    pid: int
+
+
 @pytest.fixture
-def running_proxy(tmp_path: Path) -> Iterator[tuple[int, int]]:
+def running_proxy(tmp_path: Path) -> Iterator[RunningProxy]:
     tls_port, metrics_port = free_port(), free_port()
     config = _proxy_config(tmp_path, tls_port, metrics_port)
     log = tmp_path / "proxy.log"
@@ -252,7 +261,7 @@ def running_proxy(tmp_path: Path) -> Iterator[tuple[int, int]]:
     try:
         _wait_port(tls_port, proxy, log)
         _wait_port(metrics_port, proxy, log)
-        yield tls_port, metrics_port
+        yield RunningProxy(tls_port, metrics_port, proxy.pid)
     finally:
         proxy.terminate()
         try:
@@ -263,9 +272,9 @@ def running_proxy(tmp_path: Path) -> Iterator[tuple[int, int]]:
 
 
 def test_prometheus_sees_proxy_traffic(
-    running_proxy: tuple[int, int], start_prometheus: Callable[[int], Prometheus]
+    running_proxy: RunningProxy, start_prometheus: Callable[[int], Prometheus]
 ) -> None:
-    tls_port, metrics_port = running_proxy
+    tls_port, metrics_port = running_proxy.tls_port, running_proxy.metrics_port
     prometheus = start_prometheus(metrics_port)
     prometheus.wait_for('up{job="tls13-proxy"}', lambda v: v == 1, "proxy target up")
     prometheus.wait_for("sum(tls13proxy_worker_processes)", lambda v: v == 2, "two workers")
@@ -300,3 +309,45 @@ def test_prometheus_sees_proxy_traffic(
     assert labels["version"] == "TLSv1.3"
     assert labels["cipher_suite"].startswith("TLS_")
     assert prometheus.scalar("tls13proxy_config_last_reload_successful") == 1
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text()
+        found.extend(int(child) for child in text.split())
+    return found
+
+
+def test_prometheus_sees_reload_and_worker_restart(
+    running_proxy: RunningProxy, start_prometheus: Callable[[int], Prometheus]
+) -> None:
+    tls_port, metrics_port = running_proxy.tls_port, running_proxy.metrics_port
+    prometheus = start_prometheus(metrics_port)
+    prometheus.wait_for("sum(tls13proxy_worker_processes)", lambda v: v == 2, "two workers")
+    for _ in range(3):
+        _https_get(tls_port)
+    handshakes = prometheus.wait_for(
+        "sum(tls13proxy_handshakes_total)", lambda v: v >= 3, "handshakes before the restart"
+    )
+    parent = running_proxy.pid
+
+    os.kill(parent, signal.SIGHUP)
+    prometheus.wait_for("tls13proxy_config_reloads_total", lambda v: v >= 1, "reload counted")
+    time.sleep(3)  # workers reload in place; their successes must not be counted again
+    assert prometheus.scalar("tls13proxy_config_reloads_total") == 1
+    assert prometheus.scalar("tls13proxy_config_last_reload_successful") == 1
+
+    victim = _children(parent)[0]
+    os.kill(victim, signal.SIGKILL)
+    prometheus.wait_for("tls13proxy_worker_restarts_total", lambda v: v == 1, "restart counted")
+    prometheus.wait_for(
+        'count(ALERTS{alertname="TLS13ProxyWorkerRestarts", alertstate="firing"})',
+        lambda v: v == 1,
+        "restart alert",
+    )
+    prometheus.wait_for("sum(tls13proxy_worker_processes)", lambda v: v == 2, "replaced")
+    # The dead worker's counts are kept: the total never goes backwards.
+    assert (prometheus.scalar("sum(tls13proxy_handshakes_total)") or 0) >= handshakes
+    assert prometheus.scalar("sum(resets(tls13proxy_handshakes_total[5m]))") == 0
