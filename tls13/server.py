@@ -2,12 +2,18 @@
 
 States and the messages each accepts (anything else is unexpected_message)::
 
-    START ──ClientHello──> (HelloRetryRequest) WAIT_CH2 ──ClientHello──┐
+    START ──ClientHello──> [HelloRetryRequest] WAIT_CH2 ──ClientHello──┐
       └──────────────────────────────────────────────────────────────┴─> send
-          ServerHello, [CCS], EncryptedExtensions, [CertificateRequest],
-          Certificate, CertificateVerify, Finished
-    ──> WAIT_CERT ──Certificate──> WAIT_CV ──CertificateVerify──> WAIT_FINISHED
-    ──> WAIT_FINISHED ──Finished──> CONNECTED (KeyUpdate handled by the base class)
+          ServerHello, [CCS], EncryptedExtensions, [CertificateRequest,
+          Certificate, CertificateVerify (full handshakes only)], Finished
+    ──> WAIT_EOED ──EndOfEarlyData──> WAIT_FINISHED            (0-RTT accepted)
+    ──> WAIT_CERT ──Certificate──> [WAIT_CV ──CertificateVerify──>] WAIT_FINISHED
+    ──> WAIT_FINISHED ──Finished──> CONNECTED  (+ NewSessionTickets)
+    CONNECTED ──(request_client_certificate)──> POST_WAIT_CERT ──Certificate──>
+        [POST_WAIT_CV ──CertificateVerify──>] POST_WAIT_FINISHED ──Finished──> CONNECTED
+
+KeyUpdate, alerts, CCS and application data are handled by the base class
+(:mod:`tls13.connection`).
 
 Every handler parses its message, enforces the RFC's MUSTs for it, and
 returns the next state.  Randomness, time and ephemeral key shares come from
@@ -639,19 +645,25 @@ class ServerConnection(Connection):
         return EncryptedExtensions(extensions)
 
     def _send_certificate_request(self, context: bytes) -> None:
+        """RFC 8446 §4.3.2: our schemes, and our CA names so the client can pick a chain."""
         schemes = list(self._config.signature_schemes)
         self._peer_auth = _PeerAuth(context, tuple(schemes))
-        request = CertificateRequest(
-            certificate_request_context=context,
-            extensions=[(ExtensionType.signature_algorithms, ext.encode_uint16_list(schemes))],
-        )
+        extensions: list[tuple[int, bytes]] = [
+            (ExtensionType.signature_algorithms, ext.encode_uint16_list(schemes))
+        ]
+        if self._config.client_ca:
+            names = [ca.subject.public_bytes() for ca in self._config.client_ca]
+            extensions.append(
+                (ExtensionType.certificate_authorities, ext.encode_certificate_authorities(names))
+            )
+        message = CertificateRequest(context, extensions).serialize()
         if context:
-            # Post-handshake messages are not part of the main transcript.
-            self._record.write(22, request.serialize())
+            # §4.6.2: post-handshake messages sign a copy of the handshake transcript.
             self._post_transcript = self._transcript_after_finished()
-            self._post_transcript.update(request.serialize())
+            self._post_transcript.update(message)
+            self._send_handshake(message, in_transcript=False)
         else:
-            self._send_handshake(request.serialize())
+            self._send_handshake(message)
 
     def _send_certificate(self, chain: CertificateChain, context: bytes, ocsp: bool) -> None:
         entries = []
@@ -706,7 +718,7 @@ class ServerConnection(Connection):
         self._update_auth_transcript(raw)
         post = self._state is ServerState.POST_WAIT_CERT
         if not message.certificate_list:
-            if self._config.client_auth == "required" or post:
+            if self._config.client_auth == "required":
                 # RFC 8446 §4.4.2.4 (bis): no certificate when one is required.
                 raise TLSError(AlertDescription.certificate_required, "client sent no certificate")
             return ServerState.POST_WAIT_FINISHED if post else ServerState.WAIT_FINISHED
