@@ -125,8 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    _print_problems("warning", settings.warnings, sys.stderr)
     if args.command == "check":
+        _print_problems("warning", settings.warnings, sys.stderr)
         print(f"{PROG}: configuration {label} is valid: {_summary(settings)}")
         return EXIT_OK
-    return _run_daemon(settings, args.config)
+    # The daemon logs the warnings itself (in the configured log format). It gets an absolute
+    # path so that a reload finds the file whatever its working directory is by then.
+    config = args.config.resolve() if args.config is not None else None
+    return _run_daemon(settings, config)
