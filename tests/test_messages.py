@@ -189,8 +189,12 @@ def test_cookie_not_allowed_in_server_hello() -> None:
 def test_pre_tls13_server_hello_is_framed_not_judged() -> None:
     # No supported_versions: TLS 1.2 extensions and no extensions at all both parse,
     # so the client can answer protocol_version or spot a downgrade sentinel.
-    bare = ServerHello(bytes(32), b"", 0xC02F, [])
+    bare = ServerHello(bytes(32), b"", 0xC02F, [], extensions_block=False)
     assert parse_message(bare.serialize()) == bare
+    assert len(bare.serialize()) == 4 + 2 + 32 + 1 + 2 + 1
+    empty_block = ServerHello(bytes(32), b"", 0xC02F, [])
+    assert parse_message(empty_block.serialize()) == empty_block
+    assert empty_block.serialize() != bare.serialize()
     tls12 = ServerHello(bytes(32), b"", 0xC02F, [(0xFF01, b"\x00"), (11, b"\x01\x00")])
     parsed = parse_message(tls12.serialize())
     assert isinstance(parsed, ServerHello) and parsed.selected_version() is None
@@ -316,10 +320,12 @@ def test_client_hello_session_id_over_32_bytes() -> None:
     assert _alert(err) is AlertDescription.decode_error
 
 
-def test_client_hello_without_extensions_parses() -> None:
+@pytest.mark.parametrize("block", [True, False])
+def test_client_hello_without_extensions_parses(block: bool) -> None:
     # A pre-1.3 ClientHello: the state machine answers protocol_version.
-    ch = ClientHello(bytes(32), b"", (0x002F,), [])
+    ch = ClientHello(bytes(32), b"", (0x002F,), [], extensions_block=block)
     parsed = parse_message(ch.serialize())
+    assert parsed == ch and parsed.serialize() == ch.serialize()
     assert isinstance(parsed, ClientHello) and parsed.supported_versions() is None
 
 

@@ -190,3 +190,58 @@ def test_server_name_round_trip(labels: list[str]) -> None:
     name = ".".join(labels)
     assert ext.decode_server_name(ext.encode_server_name(name)) == name
     assert ext.decode_server_name(ext.encode_server_name(name.upper() + ".")) == name
+
+
+_OPAQUE_EXTENSIONS = st.lists(
+    st.tuples(
+        st.one_of(st.integers(0x1000, 0x9FFF), st.sampled_from([0x0A0A, 0x5A5A, 0xFF01])),
+        st.binary(max_size=30),
+    ),
+    max_size=5,
+    unique_by=lambda pair: pair[0],
+)
+
+
+@FUZZ
+@given(
+    random=st.binary(min_size=32, max_size=32),
+    session_id=st.binary(max_size=32),
+    suites=st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=10).map(tuple),
+    extensions=_OPAQUE_EXTENSIONS,
+    block=st.booleans(),
+    version=st.integers(0, 0xFFFF),
+)
+def test_built_client_hellos_round_trip(
+    random: bytes,
+    session_id: bytes,
+    suites: tuple[int, ...],
+    extensions: list[tuple[int, bytes]],
+    block: bool,
+    version: int,
+) -> None:
+    hello = ClientHello(
+        random, session_id, suites, extensions, version, b"\x00", block or bool(extensions)
+    )
+    data = hello.serialize()
+    parsed = parse_message(data)
+    assert parsed == hello and parsed.serialize() == data
+
+
+@FUZZ
+@given(
+    random=st.binary(min_size=32, max_size=32),
+    session_id=st.binary(max_size=32),
+    suite=st.integers(0, 0xFFFF),
+    extensions=_OPAQUE_EXTENSIONS,
+    block=st.booleans(),
+)
+def test_built_pre_tls13_server_hellos_round_trip(
+    random: bytes, session_id: bytes, suite: int, extensions: list[tuple[int, bytes]], block: bool
+) -> None:
+    # Without supported_versions the block is framed only, so any extension survives.
+    hello = ServerHello(
+        random, session_id, suite, extensions, extensions_block=block or bool(extensions)
+    )
+    data = hello.serialize()
+    parsed = parse_message(data)
+    assert parsed == hello and parsed.serialize() == data

@@ -87,6 +87,8 @@ class ClientHello(_Ext):
     extensions: Extensions = field(default_factory=list)
     legacy_version: int = LEGACY_VERSION
     legacy_compression_methods: bytes = b"\x00"
+    # False only for a parsed pre-TLS-1.3 hello that had no extensions block at all.
+    extensions_block: bool = True
 
     msg_type: ClassVar[HandshakeType] = HandshakeType.client_hello
 
@@ -103,9 +105,12 @@ class ClientHello(_Ext):
             raise illegal_parameter("legacy_compression_methods must be [0]")
         # A ClientHello without any extensions is pre-TLS-1.3; the state
         # machine answers it with protocol_version, so accept it here.
-        extensions = [] if r.at_end() else ext.parse_extensions(r, ExtContext.CH)
+        has_block = not r.at_end()
+        extensions = ext.parse_extensions(r, ExtContext.CH) if has_block else []
         r.expect_end("ClientHello")
-        return cls(random, session_id, tuple(suites), extensions, legacy_version, compression)
+        return cls(
+            random, session_id, tuple(suites), extensions, legacy_version, compression, has_block
+        )
 
     def serialize(self) -> bytes:
         w = Writer()
@@ -114,7 +119,7 @@ class ClientHello(_Ext):
         w.vector(1, self.legacy_session_id)
         w.uint16_list(2, self.cipher_suites)
         w.vector(1, self.legacy_compression_methods)
-        if self.extensions:
+        if self.extensions or self.extensions_block:
             ext.write_extensions(w, self.extensions)
         return _frame(self.msg_type, w.getvalue())
 
@@ -225,6 +230,8 @@ class ServerHello(_Ext):
     extensions: Extensions = field(default_factory=list)
     legacy_version: int = LEGACY_VERSION
     legacy_compression_method: int = 0
+    # False only for a parsed pre-TLS-1.3 answer that had no extensions block at all.
+    extensions_block: bool = True
 
     msg_type: ClassVar[HandshakeType] = HandshakeType.server_hello
 
@@ -245,9 +252,10 @@ class ServerHello(_Ext):
         context = ExtContext.HRR if random == HELLO_RETRY_REQUEST_RANDOM else ExtContext.SH
         # A TLS 1.2-or-older ServerHello may have no extensions at all; the client
         # then reports protocol_version (or a downgrade sentinel), not a decode error.
-        extensions = [] if r.at_end() else _server_hello_extensions(body, r, context)
+        has_block = not r.at_end()
+        extensions = _server_hello_extensions(body, r, context) if has_block else []
         r.expect_end("ServerHello")
-        return cls(random, session_id, suite, extensions, legacy_version, compression)
+        return cls(random, session_id, suite, extensions, legacy_version, compression, has_block)
 
     def serialize(self) -> bytes:
         w = Writer()
@@ -256,7 +264,7 @@ class ServerHello(_Ext):
         w.vector(1, self.legacy_session_id_echo)
         w.uint16(self.cipher_suite)
         w.uint8(self.legacy_compression_method)
-        if self.extensions:
+        if self.extensions or self.extensions_block:
             ext.write_extensions(w, self.extensions)
         return _frame(self.msg_type, w.getvalue())
 
