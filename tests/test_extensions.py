@@ -334,3 +334,14 @@ def test_certificate_authorities() -> None:
     assert ext.decode_certificate_authorities(ext.encode_certificate_authorities(names)) == names
     _fails(AlertDescription.decode_error, ext.decode_certificate_authorities, b"\x00\x00")
     _fails(AlertDescription.decode_error, ext.decode_certificate_authorities, b"\x00\x02\x00\x00")
+
+
+def test_status_request_in_certificate_request_is_empty() -> None:
+    empty = _block((ExtensionType.status_request, b""))
+    assert parse_extensions(empty, ExtContext.CR) == [(ExtensionType.status_request, b"")]
+    _fails(
+        AlertDescription.decode_error,
+        parse_extensions,
+        _block((ExtensionType.status_request, ext.encode_status_request_ocsp())),
+        ExtContext.CR,
+    )

@@ -635,7 +635,8 @@ _BODY_CHECKS: dict[tuple[int, ExtContext], Callable[[bytes], object]] = {
     (ExtensionType.early_data, _NST): decode_max_early_data,
     (ExtensionType.post_handshake_auth, _CH): _empty("post_handshake_auth"),
     (ExtensionType.status_request, _CH): decode_status_request,
-    (ExtensionType.status_request, _CR): decode_status_request,
+    # RFC 8446 §4.4.2.1: a server asks for the client's OCSP status with an empty body.
+    (ExtensionType.status_request, _CR): _empty("status_request"),
     (ExtensionType.status_request, _CT): decode_certificate_status,
     (ExtensionType.certificate_authorities, _CH): decode_certificate_authorities,
     (ExtensionType.certificate_authorities, _CR): decode_certificate_authorities,
