@@ -19,6 +19,7 @@ from typing import Literal
 
 import trio
 
+from proxy import metrics
 from proxy.settings import BackendAddress, PoolSettings
 
 log = logging.getLogger(__name__)
@@ -155,13 +156,17 @@ class BackendPool:
         for attempt, server in enumerate(order[: self.options.retries + 1], start=1):
             server.active += 1
             try:
-                stream = await self.open_address(server.address, context)
+                with metrics.backend_connect(self.name, str(server.address)):
+                    stream = await self.open_address(server.address, context)
             except (OSError, trio.TooSlowError) as exc:
                 server.active -= 1
                 reason = "connect timeout" if isinstance(exc, trio.TooSlowError) else str(exc)
                 failures.append(f"{server.address}: {reason}")
                 self.record_failure(server, reason)
                 continue
+            except BaseException:
+                server.active -= 1  # cancelled (shutdown, client deadline): free the slot
+                raise
             self.record_success(server)
             return BackendLease(server, stream, attempt)
         raise BackendUnavailable(f"pool {self.name}: all attempts failed ({'; '.join(failures)})")

@@ -89,6 +89,7 @@ class ConnectionRecord:
     bytes_to_client: int = 0
     outcome: str = "open"
     detail: str = ""
+    alert: str = ""
     alert_by_peer: bool = False
 
     def finish(self, outcome: str, detail: str = "") -> None:
@@ -221,8 +222,10 @@ async def _establish(
         return None
     except TLSStreamError as exc:
         alert = getattr(exc.tls_error, "alert", None)
+        record.alert = getattr(alert, "name", "") or "internal_error"
         record.alert_by_peer = bool(getattr(exc.tls_error, "sent_by_peer", False))
-        record.finish("tls_error", getattr(alert, "name", "") or str(exc))
+        side = "received" if record.alert_by_peer else "sent"
+        record.finish("tls_error", f"{record.alert} ({side}): {exc.tls_error or exc}")
         return None
     except STREAM_ERRORS as exc:
         record.finish("client_gone", str(exc))
@@ -320,6 +323,18 @@ async def splice(
     record.finish("ok")
 
 
+async def _pass_eof(sink: trio.abc.Stream) -> None:
+    """Forward end-of-stream. If the other side is already fully gone, there is nobody left
+    to tell: every byte was delivered, so that is not an error of this connection."""
+    try:
+        if isinstance(sink, trio.abc.HalfCloseableStream):
+            await sink.send_eof()
+        else:
+            await sink.aclose()
+    except STREAM_ERRORS:
+        pass
+
+
 async def _pump(
     source: trio.abc.Stream, sink: trio.abc.Stream, state: _SpliceState, upstream: bool
 ) -> None:
@@ -338,10 +353,7 @@ async def _pump(
             else:
                 state.record.bytes_to_client += len(data)
             await sink.send_all(data)
-        if isinstance(sink, trio.abc.HalfCloseableStream):
-            await sink.send_eof()
-        else:
-            await sink.aclose()
+        await _pass_eof(sink)
     except TLSTruncated as exc:
         state.record.finish("client_truncated", str(exc))
         state.scope.cancel()

@@ -138,7 +138,7 @@ class DaemonObserver:
             accounting.handshake_failed("timeout")
             metrics.limit_hit("handshake_timeout")
         elif record.outcome == "tls_error":
-            accounting.handshake_failed(record.detail, by_peer=record.alert_by_peer)
+            accounting.handshake_failed(record.alert, by_peer=record.alert_by_peer)
         elif record.session is None:
             reason = "shutdown" if record.outcome == "shutdown" else "connection_error"
             accounting.handshake_failed(reason)
@@ -307,8 +307,9 @@ class ProxyProcess:
                     for name in self.sockets:
                         self._start_listener(name, self.sockets[name])
                     root.start_soon(self._signals, signals)
-                    if self.can_bind:  # the only process: we own the systemd watchdog
+                    if self.can_bind:  # the only process: watchdog and key rotation are ours
                         root.start_soon(systemd_watchdog)
+                        root.start_soon(self._rotate_ticket_keys)
                     metrics.worker_started()
                     systemd.notify_ready(self.status())
                     task_status.started()
@@ -324,14 +325,6 @@ class ProxyProcess:
 
     def stop(self) -> None:
         self._stop.set()
-
-    def update_ticket_keys(self, keys: TicketKeyring) -> None:
-        """New ticket keys from the supervisor: rebuild so new connections use them."""
-        self.ticket_keys = keys
-        try:
-            self._install(self._build(self.settings))
-        except RELOAD_ERRORS as exc:
-            log.error("could not apply new ticket keys: %s", exc)
 
     def status(self) -> str:
         return f"serving {len(self._listeners)} listener(s), {self.tracker.active} connection(s)"
@@ -360,6 +353,16 @@ class ProxyProcess:
         for host, port in listener.addresses():
             log.info("listener %s: accepting on %s port %d", name, host, port)
 
+    async def _rotate_ticket_keys(self) -> None:
+        """Generated keys rotate on schedule; the previous key still opens older tickets."""
+        from proxy.tlsconfig import generated_keys_enabled
+
+        while True:
+            await trio.sleep(self.settings.tls.tickets.rotation_interval)
+            if self.ticket_keys is not None and generated_keys_enabled(self.settings):
+                self.ticket_keys.rotate()
+                log.info("session ticket keys rotated")
+
     async def _signals(self, signals: trio.abc.ReceiveChannel[int]) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
@@ -374,6 +377,7 @@ class ProxyProcess:
         systemd.notify_reloading("reloading configuration")
         try:
             settings = self._load_next()
+            self._reload_key_file(settings)
             new_shape = listener_shape(settings)
             if self.can_bind:
                 self._rebind(settings, new_shape)
@@ -391,6 +395,13 @@ class ProxyProcess:
         log.info("configuration reloaded")
         systemd.notify_ready(self.status())
         return True
+
+    def _reload_key_file(self, settings: Settings) -> None:
+        """A configured key file is re-read on reload (keys rotated by an operator)."""
+        from proxy.tlsconfig import make_keyring
+
+        if settings.tls.tickets.key_file is not None or self.ticket_keys is None:
+            self.ticket_keys = make_keyring(settings)
 
     def _load_next(self) -> Settings:
         if self.config_path is None:
@@ -428,13 +439,6 @@ async def systemd_watchdog() -> None:
 # -- entry point --------------------------------------------------------------------------
 
 
-def _initial_keyring(settings: Settings) -> TicketKeyring | None:
-    from proxy.tlsconfig import initial_keys, keyring_from
-
-    keys = initial_keys(settings)
-    return keyring_from(keys) if keys else None
-
-
 def make_access_log(settings: Settings) -> AccessLog | None:
     if not settings.global_.access_log:
         return None
@@ -443,6 +447,8 @@ def make_access_log(settings: Settings) -> AccessLog | None:
 
 def run(settings: Settings, config_path: Path | None) -> int:
     """Run the daemon until told to stop; returns the process exit status."""
+    from proxy.tlsconfig import make_keyring
+
     configure_logging(settings.global_.log_format, settings.global_.log_level)
     for warning in settings.warnings:
         log.warning("configuration: %s", warning)
@@ -461,7 +467,7 @@ def run(settings: Settings, config_path: Path | None) -> int:
         settings,
         config_path,
         sockets,
-        ticket_keys=_initial_keyring(settings),
+        ticket_keys=make_keyring(settings),
         access_log=make_access_log(settings),
         drop_to=(settings.global_.user, settings.global_.group),
     )

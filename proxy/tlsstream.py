@@ -116,13 +116,23 @@ class TLSStream(trio.abc.HalfCloseableStream):
             happened = self.connection.receive_data(data)
         except TLSError as exc:
             self._eof = True
+            if not data and not getattr(exc, "sent_by_peer", False):
+                # The peer simply went away mid-handshake (a port probe, a give-up).
+                raise TLSTruncated("connection closed during the handshake") from exc
             await self._flush_quietly()
             raise TLSStreamError(f"TLS error: {exc}", exc) from exc
         self._handle_events(happened)
         if not data and not self._eof:
             # The engine must report EOF; treat silence as truncation to be safe.
             self._eof, self.clean_close = True, False
-        await self._flush()
+        # Replies owed by the receive side (tickets, KeyUpdate): take the lock only when
+        # there is something to send, so reading never waits behind a blocked writer.
+        # Draining before waiting keeps the byte order: trio's Lock is FIFO and whoever
+        # drains later also sends later.
+        out = self.connection.data_to_send()
+        if out:
+            async with self._send_lock:
+                await self.transport.send_all(out)
 
     def _handle_events(self, happened: list[events.Event]) -> None:
         for event in happened:

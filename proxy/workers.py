@@ -48,6 +48,14 @@ from proxy.daemon import (
     systemd_watchdog,
 )
 from proxy.settings import ConfigError, Settings, embedded_default, load_settings, reload_settings
+from proxy.tlsconfig import (
+    adopt_keys,
+    generated_keys_enabled,
+    keyring_from_text,
+    keyring_to_text,
+    make_keyring,
+)
+from tls13 import TicketKeyring
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +84,7 @@ class WorkerSlot:
 class Supervisor:
     settings: Settings
     config_path: Path | None
-    ticket_keys: list[str] = field(default_factory=list)
+    keyring: TicketKeyring | None = None
     slots: list[WorkerSlot] = field(default_factory=list)
     stopping: bool = False
     restarts: int = 0
@@ -89,7 +97,7 @@ class Supervisor:
             "config": str(self.config_path) if self.config_path is not None else None,
             "state_dir": str(self.settings.global_.state_dir),
             "listeners": fds,
-            "ticket_keys": self.ticket_keys,
+            "ticket_keys": keyring_to_text(self.keyring) if self.keyring is not None else "",
         }
         return (json.dumps(message) + "\n").encode(), [fd for v in fds.values() for fd in v]
 
@@ -136,7 +144,9 @@ class Supervisor:
                 slot.process.send_signal(signum)
 
     async def send_keys(self) -> None:
-        line = (json.dumps({"ticket_keys": self.ticket_keys}) + "\n").encode()
+        if self.keyring is None:
+            return
+        line = (json.dumps({"ticket_keys": keyring_to_text(self.keyring)}) + "\n").encode()
         for slot in self.slots:
             process = slot.process
             if process is not None and process.returncode is None and process.stdin is not None:
@@ -249,21 +259,17 @@ def _replace_generation(supervisor: Supervisor, new: Settings, nursery: trio.Nur
 
 
 async def _rotate_keys(supervisor: Supervisor) -> None:
-    """Generated ticket keys rotate on schedule; every worker gets the new set."""
-    from proxy.tlsconfig import generated_keys_enabled, rotate
-
-    if not generated_keys_enabled(supervisor.settings):
-        return
+    """Generated ticket keys rotate on schedule; every worker gets the new current key."""
     while True:
         await trio.sleep(supervisor.settings.tls.tickets.rotation_interval)
-        supervisor.ticket_keys = rotate(supervisor.ticket_keys)
-        await supervisor.send_keys()
+        if supervisor.keyring is not None and generated_keys_enabled(supervisor.settings):
+            supervisor.keyring.rotate()
+            await supervisor.send_keys()
+            log.info("session ticket keys rotated")
 
 
 def supervise(settings: Settings, config_path: Path | None) -> int:
     """Parent entry: bind, start workers, supervise until stopped."""
-    from proxy.tlsconfig import initial_keys
-
     activated = systemd.listen_fds_with_names()
     for name, sock in activated:
         sock.fd_name = name  # type: ignore[attr-defined]
@@ -273,7 +279,7 @@ def supervise(settings: Settings, config_path: Path | None) -> int:
     server = None
     if settings.metrics.enabled:
         server = metrics.start_metrics_server(str(settings.metrics.listen))
-    supervisor = Supervisor(settings, config_path, initial_keys(settings), slots)
+    supervisor = Supervisor(settings, config_path, make_keyring(settings), slots)
     metrics.config_loaded()
     try:
         trio.run(supervise_async, supervisor)
@@ -300,16 +306,14 @@ def _worker_settings(message: dict[str, Any]) -> Settings:
 
 async def _control(process: ProxyProcess, stdin: trio.abc.ReceiveStream) -> None:
     """Read later control lines (ticket keys); EOF means the parent died: drain and exit."""
-    from proxy.tlsconfig import keyring_from
-
     buffer = b""
     while chunk := await stdin.receive_some(65536):
         buffer += chunk
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             keys = json.loads(line).get("ticket_keys")
-            if keys:
-                process.update_ticket_keys(keyring_from(keys))
+            if keys and process.ticket_keys is not None:
+                adopt_keys(process.ticket_keys, keys)
     log.warning("supervisor went away; draining")
     process.stop()
 
@@ -325,7 +329,6 @@ async def worker_async(process: ProxyProcess) -> None:
 def worker_main(argv: Sequence[str] | None = None) -> int:
     """Worker entry (``python -m proxy.workers``): bootstrap from stdin, then serve."""
     from proxy.accesslog import configure_logging
-    from proxy.tlsconfig import keyring_from
 
     argparse.ArgumentParser(prog="proxy.workers").parse_args(argv)
     message = json.loads(sys.stdin.buffer.readline())
@@ -335,7 +338,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         settings,
         Path(message["config"]) if message["config"] else None,
         _adopt(message["listeners"]),
-        ticket_keys=keyring_from(message["ticket_keys"]) if message["ticket_keys"] else None,
+        ticket_keys=keyring_from_text(message["ticket_keys"]) if message["ticket_keys"] else None,
         can_bind=False,
         access_log=make_access_log(settings),
         drop_to=(settings.global_.user, settings.global_.group),

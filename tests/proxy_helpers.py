@@ -4,10 +4,23 @@ a plain-TCP terminator for exercising the relay without TLS, and an observer tha
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import signal
 import socket
+import socketserver
+import ssl
 import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import trio
 
@@ -156,3 +169,234 @@ def pattern(seed: int, size: int) -> bytes:
     """Deterministic, connection-specific bytes so any mix-up or corruption shows."""
     block = hashlib.sha256(seed.to_bytes(8, "big")).digest() * 64
     return (block * (size // len(block) + 1))[:size]
+
+
+# -- end-to-end helpers: backends in threads, the daemon as a subprocess -------------------
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class _ThreadingTCP(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+
+class ThreadedEcho:
+    """A raw TCP echo server (its own thread per connection) prefixed by a tag."""
+
+    def __init__(self, tag: bytes = b"", proxy_header: bool = False) -> None:
+        self.tag = tag
+        self.proxy_header = proxy_header
+        self.headers: list[dict[str, object]] = []
+        self.connections = 0
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                outer.connections += 1
+                sock: socket.socket = self.request
+                try:
+                    pending = outer._read_header(sock) if outer.proxy_header else b""
+                    if outer.tag:
+                        sock.sendall(outer.tag)
+                    if pending:
+                        sock.sendall(pending)
+                    while data := sock.recv(262144):
+                        sock.sendall(data)
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+        self.server = _ThreadingTCP(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _read_header(self, sock: socket.socket) -> bytes:
+        data = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise OSError("eof before PROXY header")
+            data += chunk
+            try:
+                fields, rest = parse_proxy_header(data)
+            except (ValueError, struct.error, IndexError):
+                if len(data) > 65536:
+                    raise
+                continue
+            if fields.get("version") == 2 and len(data) < 16 + struct.unpack("!H", data[14:16])[0]:
+                continue
+            if fields.get("version") == 1 and b"\r\n" not in data:
+                continue
+            self.headers.append(fields)
+            return rest
+
+    def __enter__(self) -> ThreadedEcho:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ThreadedHTTP:
+    """A Python HTTP server answering every GET with ``name path`` (to see who served it)."""
+
+    def __init__(self, name: str) -> None:
+        server_name = name
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+                body = f"{server_name} {self.path}\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ThreadedHTTP:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def toml_list(items: list[str] | tuple[str, ...]) -> str:
+    return json.dumps(list(items))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Daemon:
+    """The proxy running as ``python -m proxy --config FILE`` in a subprocess."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    config_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait_for_log(self, text: str, timeout: float = 10, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log().count(text) >= count:
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not logged {count}x; log:\n{self.log()[-4000:]}")
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"proxy exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"port {port} never opened")
+
+
+def start_daemon(
+    config_path: Path, port: int, processes: list[subprocess.Popen[bytes]], log_name: str = "proxy"
+) -> Daemon:
+    log_path = config_path.parent / f"{log_name}.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    for name in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC"):
+        env.pop(name, None)
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "--config", str(config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(config_path.parent),
+            start_new_session=True,
+        )
+    processes.append(process)
+    wait_for_port(port, process)
+    return Daemon(process, port, log_path, config_path)
+
+
+def client_context(ca_pem: bytes | None = None, alpn: list[str] | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cadata=ca_pem.decode() if ca_pem else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    if ca_pem is None:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    return context
+
+
+@contextmanager
+def tls_client(
+    port: int, server_name: str, context: ssl.SSLContext, timeout: float = 10
+) -> Iterator[ssl.SSLSocket]:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    tls = context.wrap_socket(raw, server_hostname=server_name)
+    try:
+        yield tls
+    finally:
+        tls.close()
+
+
+def tls_exchange(
+    port: int, server_name: str, context: ssl.SSLContext, payload: bytes, expect: int
+) -> bytes:
+    """Send ``payload`` over TLS, read ``expect`` bytes back, then close cleanly: our
+    close_notify travels to the backend as EOF and its EOF comes back as close_notify."""
+    with tls_client(port, server_name, context) as tls:
+        tls.sendall(payload)
+        received = recv_exactly(tls, expect)
+        tls.unwrap()
+        return received
+
+
+def recv_exactly(sock: socket.socket, expect: int) -> bytes:
+    received = bytearray()
+    while len(received) < expect:
+        try:
+            chunk = sock.recv(min(262144, expect - len(received)))
+        except ssl.SSLZeroReturnError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    return bytes(received)

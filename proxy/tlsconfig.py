@@ -1,0 +1,268 @@
+"""The one bridge from settings to the engine: ``build_server_config(settings, listener)``.
+
+Reading certificate and key files happens here, once per (re)load, before privileges are
+dropped; the result is a frozen ``tls13.ServerConfig`` shared by every connection of the
+listener. Per-route TLS differences (0-RTT allowed or not, a client certificate required)
+become per-name variants chosen through ``ServerConfig.config_for_name`` before the server
+answers the ClientHello. A name no route takes (and no default route) is refused there with
+unrecognized_name (RFC 6066 §3), before any certificate is chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import trio
+from cryptography import x509
+
+from proxy import selfsigned
+from proxy.connection import Established, SessionInfo
+from proxy.routing import Route, RouteTable, table_for_listener
+from proxy.settings import (
+    SELF_SIGNED_NAMES,
+    CertificateSettings,
+    ListenerSettings,
+    Settings,
+    TLSSettings,
+)
+from proxy.tlsstream import TLSStream
+from tls13 import (
+    AlertDescription,
+    CertificateChain,
+    CertificateStore,
+    ServerConfig,
+    ServerConnection,
+    TicketKeyring,
+    TLSError,
+)
+from tls13.config import Limits
+from tls13.events import ClientHelloReceived, HandshakeComplete
+from tls13.groups import BY_NAME as GROUPS_BY_NAME
+from tls13.signatures import BY_NAME as SCHEMES_BY_NAME
+from tls13.suites import BY_NAME as SUITES_BY_NAME
+
+log = logging.getLogger(__name__)
+
+
+class TLSConfigError(ValueError):
+    """Certificates or keys could not be loaded; the message names the file and the reason."""
+
+
+def load_chain(cert: CertificateSettings, state_dir: Path) -> CertificateChain:
+    """One configured certificate (generated and stored in the state dir if self-signed)."""
+    if cert.self_signed:
+        paths = selfsigned.ensure_self_signed(state_dir, cert.names or SELF_SIGNED_NAMES)
+        chain_path, key_path = paths.cert, paths.key
+    else:
+        if cert.chain is None or cert.key is None:
+            raise TLSConfigError(f"certificate {cert.name}: chain and key are required")
+        chain_path, key_path = cert.chain, cert.key
+    try:
+        ocsp = cert.ocsp.read_bytes() if cert.ocsp is not None else None
+        return CertificateChain.from_pem(chain_path.read_bytes(), key_path.read_bytes(), ocsp=ocsp)
+    except (OSError, ValueError, TLSError) as exc:
+        raise TLSConfigError(f"certificate {cert.name} ({chain_path}): {exc}") from exc
+
+
+def load_store(settings: Settings, listener: ListenerSettings) -> CertificateStore:
+    """The listener's certificates, its default first."""
+    chains = [
+        load_chain(c, settings.global_.state_dir) for c in settings.certificates_for(listener)
+    ]
+    if not chains:
+        raise TLSConfigError(f"listener {listener.name}: no certificate")
+    return CertificateStore(chains, default=chains[0])
+
+
+def load_client_ca(listener: ListenerSettings) -> tuple[x509.Certificate, ...]:
+    if listener.client_ca is None:
+        return ()
+    try:
+        return tuple(x509.load_pem_x509_certificates(listener.client_ca.read_bytes()))
+    except (OSError, ValueError) as exc:
+        raise TLSConfigError(
+            f"listener {listener.name}: client_ca {listener.client_ca}: {exc}"
+        ) from exc
+
+
+def _codes(names: tuple[str, ...], table: dict[str, int]) -> tuple[int, ...]:
+    return tuple(table[name] for name in names)
+
+
+def _keylogger(path: Path | None) -> Callable[[str], None] | None:
+    """NSS key log lines for debugging (the settings document the danger)."""
+    if path is None:
+        return None
+    handle: IO[str] = open(path, "a", encoding="ascii")  # noqa: SIM115 - lives with the config
+    log.warning("TLS key logging to %s is ON: every session secret is written there", path)
+
+    def write(line: str) -> None:
+        handle.write(line + "\n")
+        handle.flush()
+
+    return write
+
+
+def build_server_config(
+    settings: Settings,
+    listener: ListenerSettings,
+    ticket_keys: TicketKeyring | None = None,
+    routes: RouteTable | None = None,
+) -> ServerConfig:
+    """The listener's ``ServerConfig``, with per-name variants for route TLS differences."""
+    table = routes if routes is not None else table_for_listener(settings, listener)
+    base = _base_config(settings, listener, ticket_keys, table)
+    variants = {route.name: _route_variant(base, route) for route in _all_routes(table)}
+
+    def config_for_name(server_name: str | None) -> ServerConfig | None:
+        route = table.tls_route_for_name(server_name)
+        if route is None:
+            # RFC 6066 §3: a name we do not serve at all gets unrecognized_name.
+            raise TLSError(AlertDescription.unrecognized_name, "no route for this server name")
+        return variants[route.name]
+
+    return dataclasses.replace(base, config_for_name=config_for_name)
+
+
+def _all_routes(table: RouteTable) -> list[Route]:
+    routes = list(table.routes)
+    if table.default is not None:
+        routes.append(table.default)
+    return routes
+
+
+def _base_config(
+    settings: Settings,
+    listener: ListenerSettings,
+    ticket_keys: TicketKeyring | None,
+    table: RouteTable,
+) -> ServerConfig:
+    tls: TLSSettings = listener.tls
+    tickets_on = tls.tickets.enabled and ticket_keys is not None
+    optional: dict[str, object] = {}
+    if tls.signature_schemes:
+        optional["signature_schemes"] = _codes(tls.signature_schemes, SCHEMES_BY_NAME)
+    return ServerConfig(
+        certificates=load_store(settings, listener),
+        cipher_suites=_codes(tls.cipher_suites, SUITES_BY_NAME),
+        groups=_codes(tls.groups, GROUPS_BY_NAME),
+        alpn_protocols=tls.alpn or table.alpn_protocols(),
+        alpn_required=tls.alpn_required and bool(tls.alpn or table.alpn_protocols()),
+        record_padding=tls.record_padding,
+        tickets=tls.tickets.count if tickets_on else 0,
+        ticket_lifetime=int(tls.tickets.lifetime),
+        ticket_keys=ticket_keys if tickets_on else None,
+        max_early_data=tls.max_early_data if tickets_on else 0,
+        client_auth=listener.client_auth,  # type: ignore[arg-type]
+        client_ca=load_client_ca(listener),
+        limits=Limits(
+            max_handshake_message=settings.limits.max_handshake_size,
+            max_handshake_buffer=max(131072, 2 * settings.limits.max_handshake_size),
+            max_key_updates_per_minute=settings.limits.key_updates_per_minute,
+        ),
+        keylog=_keylogger(tls.keylog_file),
+        **optional,  # type: ignore[arg-type]
+    )
+
+
+def _route_variant(base: ServerConfig, route: Route) -> ServerConfig:
+    """The base config adjusted for one route: no 0-RTT unless allowed, client auth if needed."""
+    changes: dict[str, object] = {}
+    if not route.allow_early_data and base.max_early_data:
+        changes["max_early_data"] = 0
+    if route.require_client_certificate and base.client_auth == "none" and base.client_ca:
+        changes["client_auth"] = "required"
+    if not changes:
+        return base
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+class TLSTerminator:
+    """Runs the TLS handshake on an accepted transport (``proxy.connection.Terminator``)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+
+    async def establish(self, transport: trio.SocketStream) -> Established:
+        stream = TLSStream(transport, ServerConnection(self.config))
+        info = await stream.do_handshake()
+        hello = stream.client_hello
+        return Established(stream, session_info(info, hello), bytes(stream.early_data))
+
+
+def session_info(info: HandshakeComplete, hello: ClientHelloReceived | None = None) -> SessionInfo:
+    """The printable summary of a completed handshake."""
+    identity = info.client_identity
+    return SessionInfo(
+        server_name=info.server_name,
+        alpn=info.alpn_protocol,
+        version=info.version,
+        cipher=info.cipher_suite,
+        group=info.group or "",
+        signature_scheme=info.signature_scheme or "",
+        resumed=info.resumed,
+        early_data=info.early_data_accepted,
+        offered_early_data=hello.offered_early_data if hello is not None else False,
+        hello_retry=info.hello_retry,
+        client_subject=identity.subject if identity is not None else "",
+        handshake=info,
+    )
+
+
+# -- session ticket keys ------------------------------------------------------------------
+
+
+def tickets_enabled(settings: Settings) -> bool:
+    return settings.tls.tickets.enabled or any(
+        listener.tls.tickets.enabled for listener in settings.listeners
+    )
+
+
+def generated_keys_enabled(settings: Settings) -> bool:
+    """Keys are ours to generate and rotate when tickets are on and no key file is set."""
+    return tickets_enabled(settings) and settings.tls.tickets.key_file is None
+
+
+def make_keyring(settings: Settings) -> TicketKeyring | None:
+    """The ticket keys for this run: the configured key file, else freshly generated."""
+    if not tickets_enabled(settings):
+        return None
+    key_file = settings.tls.tickets.key_file
+    if key_file is None:
+        return TicketKeyring.generate()
+    try:
+        return TicketKeyring.load(key_file)
+    except (OSError, ValueError) as exc:
+        raise TLSConfigError(f"ticket key file {key_file}: {exc}") from exc
+
+
+def keyring_to_text(keyring: TicketKeyring) -> str:
+    """Key material for the worker control channel (a pipe; never logged)."""
+    return keyring.to_bytes().hex()
+
+
+def keyring_from_text(text: str) -> TicketKeyring:
+    return TicketKeyring.from_bytes(bytes.fromhex(text))
+
+
+def adopt_keys(keyring: TicketKeyring, text: str) -> None:
+    """Make ``keyring`` seal with the supervisor's current key (after it rotated).
+
+    The keyring object is shared by the live ServerConfigs, so it is updated in place:
+    ``rotate`` draws the new name and key from the supplied bytes instead of randomness.
+    """
+    offered = keyring_from_text(text)
+    name = offered.current_name
+    if name == keyring.current_name:
+        return
+    record = offered.to_bytes()[:TICKET_RECORD_LENGTH]
+    parts = iter((record[:TICKET_NAME_LENGTH], record[TICKET_NAME_LENGTH:]))
+    keyring.rotate(random=lambda size: next(parts))
+
+
+TICKET_NAME_LENGTH = 16
+TICKET_RECORD_LENGTH = 48

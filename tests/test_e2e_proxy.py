@@ -1,0 +1,505 @@
+"""End to end: the daemon as a subprocess, real backends (threaded echo and HTTP servers),
+real clients (Python ssl, curl, openssl s_client). Loopback only, bounded in time."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+from certs import Issued, make_leaf, write_pair
+from cryptography import x509
+from proxy_helpers import (
+    Daemon,
+    ThreadedEcho,
+    client_context,
+    free_port,
+    pattern,
+    recv_exactly,
+    start_daemon,
+    tls_client,
+    tls_exchange,
+    toml_list,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@dataclass
+class Site:
+    """A test directory with certificates for a.test, b.test and *.wild.test."""
+
+    root: Path
+    ca: Issued
+    port: int
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca.cert_pem()
+
+
+@pytest.fixture
+def site(tmp_path: Path, test_ca: Issued) -> Site:
+    for stem, names in (("a", ("a.test",)), ("b", ("b.test", "*.wild.test"))):
+        write_pair(tmp_path, stem, make_leaf(test_ca, names), test_ca)
+    return Site(tmp_path, test_ca, free_port())
+
+
+def config_text(
+    site: Site,
+    routes: str,
+    backends: str,
+    extra: str = "",
+    tls: str = 'alpn = ["http/1.1"]',
+    limits: str = "",
+    handshake_timeout: float = 1.0,
+) -> str:
+    return f"""
+[global]
+state_dir = "{site.root / "state"}"
+log_level = "info"
+{extra}
+
+[metrics]
+enabled = false
+
+[limits]
+handshake_timeout = {handshake_timeout}
+idle_timeout = 20.0
+drain_timeout = 3.0
+{limits}
+
+[tls]
+{tls}
+
+[certificates.a]
+chain = "a.crt"
+key = "a.key"
+
+[certificates.b]
+chain = "b.crt"
+key = "b.key"
+
+[listeners.main]
+addresses = ["127.0.0.1:{site.port}"]
+
+{routes}
+
+{backends}
+"""
+
+
+def pool(name: str, ports: list[int], extra: str = "") -> str:
+    servers = toml_list([f"127.0.0.1:{p}" for p in ports])
+    return f"""
+[backends.{name}]
+servers = {servers}
+connect_timeout = 1.0
+health = {{ enabled = false }}
+{extra}
+"""
+
+
+def launch(site: Site, text: str, processes: list[subprocess.Popen[bytes]]) -> Daemon:
+    path = site.root / "proxy.toml"
+    path.write_text(text)
+    return start_daemon(path, site.port, processes)
+
+
+@pytest.fixture
+def echo_pair() -> Iterator[tuple[ThreadedEcho, ThreadedEcho]]:
+    with ThreadedEcho(b"A") as a, ThreadedEcho(b"B") as b:
+        yield a, b
+
+
+def test_sni_routing_two_pools_and_unknown_name(
+    site: Site, echo_pair: tuple[ThreadedEcho, ThreadedEcho], processes: list
+) -> None:
+    a, b = echo_pair
+    routes = """
+[routes.a]
+server_names = ["a.test"]
+pool = "pa"
+
+[routes.b]
+server_names = ["b.test", "*.wild.test"]
+pool = "pb"
+"""
+    daemon = launch(
+        site, config_text(site, routes, pool("pa", [a.port]) + pool("pb", [b.port])), processes
+    )
+    context = client_context(site.ca_pem)
+    assert tls_exchange(site.port, "a.test", context, b"hello", 6) == b"Ahello"
+    assert tls_exchange(site.port, "b.test", context, b"hello", 6) == b"Bhello"
+    assert tls_exchange(site.port, "x.wild.test", context, b"hi", 3) == b"Bhi"
+    with pytest.raises(ssl.SSLError, match="(?i)unrecognized.name"):
+        tls_exchange(site.port, "other.test", client_context(), b"x", 1)
+    daemon.wait_for_log("end=ok", count=3)
+    assert daemon.stop() == 0
+
+
+def test_alpn_routing_with_openssl_s_client(site: Site, processes: list) -> None:
+    with ThreadedEcho(b"H2") as h2, ThreadedEcho(b"H1") as h1:
+        routes = """
+[routes.h2]
+server_names = ["a.test"]
+alpn = ["h2"]
+pool = "h2"
+
+[routes.h1]
+server_names = ["a.test"]
+pool = "h1"
+"""
+        text = config_text(
+            site,
+            routes,
+            pool("h2", [h2.port]) + pool("h1", [h1.port]),
+            tls='alpn = ["h2", "http/1.1"]',
+        )
+        launch(site, text, processes)
+        context = client_context(site.ca_pem, ["h2"])
+        assert tls_exchange(site.port, "a.test", context, b"x", 3) == b"H2x"
+        context = client_context(site.ca_pem, ["http/1.1"])
+        assert tls_exchange(site.port, "a.test", context, b"x", 3) == b"H1x"
+        (site.root / "ca.pem").write_bytes(site.ca_pem)
+        command = [
+            "openssl", "s_client", "-connect", f"127.0.0.1:{site.port}",
+            "-servername", "a.test", "-alpn", "h2", "-tls1_3", "-quiet",
+            "-verify_return_error", "-CAfile", str(site.root / "ca.pem"),
+        ]  # fmt: skip
+        client = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        processes.append(client)
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write(b"ping\n")
+        client.stdin.flush()
+        assert client.stdout.read(6) == b"H2ping"
+        client.kill()
+
+
+def test_round_robin_spread_and_failover(site: Site, processes: list) -> None:
+    with ThreadedEcho(b"1") as e1, ThreadedEcho(b"2") as e2, ThreadedEcho(b"3") as e3:
+        routes = '[routes.all]\ndefault = true\npool = "rr"\n'
+        launch(site, config_text(site, routes, pool("rr", [e1.port, e2.port, e3.port])), processes)
+        context = client_context(site.ca_pem)
+        tags = [tls_exchange(site.port, "a.test", context, b"x", 2)[:1] for _ in range(9)]
+        assert sorted(tags) == [b"1"] * 3 + [b"2"] * 3 + [b"3"] * 3
+        e2.stop()  # a backend dies mid-test: every following connection must still succeed
+        tags = [tls_exchange(site.port, "a.test", context, b"y", 2) for _ in range(12)]
+        assert all(t in (b"1y", b"3y") for t in tags), tags
+
+
+def proxy_rss_kib(daemon: Daemon) -> int:
+    status = Path(f"/proc/{daemon.process.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+
+
+def test_slow_backend_reader_keeps_proxy_memory_bounded(site: Site, processes: list) -> None:
+    received = [0]
+    stop = threading.Event()
+
+    def slow_backend(server: socket.socket) -> None:
+        conn, _ = server.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        with conn:
+            while not stop.is_set():
+                data = conn.recv(4096)
+                if not data:
+                    break
+                received[0] += len(data)
+                time.sleep(0.01)
+
+    server = socket.create_server(("127.0.0.1", 0))
+    thread = threading.Thread(target=slow_backend, args=(server,), daemon=True)
+    thread.start()
+    routes = '[routes.all]\ndefault = true\npool = "slow"\n'
+    daemon = launch(
+        site, config_text(site, routes, pool("slow", [server.getsockname()[1]])), processes
+    )
+    before = proxy_rss_kib(daemon)
+    sent = 0
+    with tls_client(site.port, "a.test", client_context(site.ca_pem), timeout=0.5) as tls:
+        deadline = time.monotonic() + 3
+        block = b"s" * 65536
+        while time.monotonic() < deadline:
+            try:
+                sent += tls.send(block)
+            except (TimeoutError, ssl.SSLWantWriteError):
+                continue
+        growth = proxy_rss_kib(daemon) - before
+    stop.set()
+    server.close()
+    # The client could push only what the pipeline holds (socket buffers plus one chunk in
+    # the proxy): far less than it would if the proxy read without waiting for the backend.
+    assert sent - received[0] < 16 * 1024 * 1024, (sent, received[0])
+    assert growth < 20 * 1024, f"proxy RSS grew by {growth} KiB"
+
+
+def test_stalled_handshake_is_dropped_at_timeout(site: Site, processes: list) -> None:
+    with ThreadedEcho() as echo:
+        routes = '[routes.all]\ndefault = true\npool = "p"\n'
+        daemon = launch(site, config_text(site, routes, pool("p", [echo.port])), processes)
+        with socket.create_connection(("127.0.0.1", site.port), timeout=5) as sock:
+            sock.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, then silence
+            started = time.monotonic()
+            try:
+                answer = sock.recv(100)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""
+            elapsed = time.monotonic() - started
+        assert 0.8 < elapsed < 3, elapsed
+        daemon.wait_for_log("end=handshake_timeout")
+        assert echo.connections == 0
+
+
+def test_thousand_concurrent_connections_every_byte_checked(site: Site, processes: list) -> None:
+    count, size = 1000, 16 * 1024
+    with ThreadedEcho() as echo:
+        routes = '[routes.all]\ndefault = true\npool = "p"\n'
+        launch(
+            site,
+            config_text(
+                site,
+                routes,
+                pool("p", [echo.port]),
+                limits="max_connections = 2000",
+                handshake_timeout=60.0,
+            ),
+            processes,
+        )
+        context = client_context(site.ca_pem)
+        failures: list[str] = []
+
+        async def one(i: int, limiter: trio.CapacityLimiter) -> None:
+            payload = pattern(i, size)
+            try:
+                tcp = await trio.open_tcp_stream("127.0.0.1", site.port)
+                stream = trio.SSLStream(tcp, context, server_hostname="a.test")
+                async with limiter:
+                    await stream.do_handshake()
+                await stream.send_all(payload)
+                received = bytearray()
+                while len(received) < size:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        break
+                    received += chunk
+                await stream.aclose()
+                if bytes(received) != payload:
+                    failures.append(f"{i}: mismatch ({len(received)} bytes)")
+            except Exception as exc:  # collected and reported below
+                failures.append(f"{i}: {exc!r}")
+
+        async def main() -> None:
+            limiter = trio.CapacityLimiter(1000)
+            with trio.fail_after(150):
+                async with trio.open_nursery() as nursery:
+                    for i in range(count):
+                        nursery.start_soon(one, i, limiter)
+
+        trio.run(main)
+        assert failures == []
+        assert echo.connections == count
+
+
+BIG_SIZE = int(os.environ.get("TLS13_PROXY_E2E_BYTES", str(64 * 1024 * 1024)))
+
+
+def test_bulk_transfer_each_way_checksums_match(site: Site, processes: list) -> None:
+    """64 MiB each way by default; TLS13_PROXY_E2E_BYTES=1073741824 for the full 1 GiB."""
+    with ThreadedEcho() as echo:
+        routes = '[routes.all]\ndefault = true\npool = "p"\n'
+        launch(site, config_text(site, routes, pool("p", [echo.port])), processes)
+        sent_hash, got_hash = hashlib.sha256(), hashlib.sha256()
+        block = pattern(7, 1 << 20)
+        received = [0]
+
+        async def writer(stream: trio.SSLStream[trio.SocketStream]) -> None:
+            remaining = BIG_SIZE
+            while remaining:
+                piece = block[: min(len(block), remaining)]
+                await stream.send_all(piece)
+                sent_hash.update(piece)
+                remaining -= len(piece)
+
+        async def reader(stream: trio.SSLStream[trio.SocketStream]) -> None:
+            while received[0] < BIG_SIZE:
+                chunk = await stream.receive_some(1 << 20)
+                if not chunk:
+                    break
+                got_hash.update(chunk)
+                received[0] += len(chunk)
+
+        async def main() -> None:
+            tcp = await trio.open_tcp_stream("127.0.0.1", site.port)
+            stream = trio.SSLStream(tcp, client_context(site.ca_pem), server_hostname="a.test")
+            await stream.do_handshake()
+            with trio.fail_after(170):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(writer, stream)
+                    nursery.start_soon(reader, stream)
+            await stream.aclose()
+
+        started = time.monotonic()
+        trio.run(main)
+        elapsed = time.monotonic() - started
+        assert received[0] == BIG_SIZE
+        assert got_hash.hexdigest() == sent_hash.hexdigest()
+        rate = 2 * BIG_SIZE / elapsed / 1e6
+        print(f"bulk: {BIG_SIZE >> 20} MiB each way in {elapsed:.1f}s ({rate:.0f} MB/s total)")
+
+
+def test_proxy_protocol_v1_and_v2_headers(site: Site, processes: list) -> None:
+    with ThreadedEcho(proxy_header=True) as v1, ThreadedEcho(proxy_header=True) as v2:
+        routes = """
+[routes.a]
+server_names = ["a.test"]
+pool = "v1"
+
+[routes.b]
+server_names = ["b.test"]
+pool = "v2"
+"""
+        backends = pool("v1", [v1.port], "proxy_protocol = 1") + pool(
+            "v2", [v2.port], "proxy_protocol = 2"
+        )
+        launch(site, config_text(site, routes, backends), processes)
+        context = client_context(site.ca_pem, ["http/1.1"])
+        for name, expected in (("a.test", v1), ("b.test", v2)):
+            with tls_client(site.port, name, context) as tls:
+                local_port = tls.getsockname()[1]
+                tls.sendall(b"data")
+                assert recv_exactly(tls, 4) == b"data"
+            header = expected.headers[-1]
+            assert header["src"] == "127.0.0.1" and header["sport"] == local_port
+            assert header["dport"] == site.port
+        tlvs = v2.headers[-1]["tlvs"]
+        assert isinstance(tlvs, dict)
+        assert tlvs[0x01] == b"http/1.1"  # PP2_TYPE_ALPN
+        assert tlvs[0x02] == b"b.test"  # PP2_TYPE_AUTHORITY
+        assert b"TLSv1.3" in tlvs[0x20]  # PP2_TYPE_SSL with the version sub-TLV
+
+
+def rewrite_certificate(site: Site, stem: str, names: tuple[str, ...]) -> x509.Certificate:
+    leaf = make_leaf(site.ca, names)
+    write_pair(site.root, stem, leaf, site.ca)
+    return leaf.cert
+
+
+def test_sighup_swaps_certificate_while_old_connection_works(site: Site, processes: list) -> None:
+    with ThreadedEcho() as echo:
+        routes = '[routes.all]\ndefault = true\npool = "p"\n'
+        daemon = launch(site, config_text(site, routes, pool("p", [echo.port])), processes)
+        context = client_context(site.ca_pem)
+        with tls_client(site.port, "a.test", context) as old:
+            first_serial = x509.load_der_x509_certificate(old.getpeercert(True)).serial_number
+            new_cert = rewrite_certificate(site, "a", ("a.test",))
+            daemon.signal(signal.SIGHUP)
+            daemon.wait_for_log("configuration reloaded")
+            with tls_client(site.port, "a.test", context) as fresh:
+                serial = x509.load_der_x509_certificate(fresh.getpeercert(True)).serial_number
+                assert serial == new_cert.serial_number != first_serial
+            old.sendall(b"still here")
+            assert recv_exactly(old, 10) == b"still here"
+            # An invalid configuration is rejected and the running one keeps serving.
+            daemon.config_path.write_text("this is [not valid toml")
+            daemon.signal(signal.SIGHUP)
+            daemon.wait_for_log("reload rejected")
+            old.sendall(b"again")
+            assert recv_exactly(old, 5) == b"again"
+        assert tls_exchange(site.port, "a.test", context, b"ok", 2) == b"ok"
+
+
+def test_sigterm_drains_open_connections(site: Site, processes: list) -> None:
+    with ThreadedEcho() as echo:
+        routes = '[routes.all]\ndefault = true\npool = "p"\n'
+        daemon = launch(site, config_text(site, routes, pool("p", [echo.port])), processes)
+        context = client_context(site.ca_pem)
+        with tls_client(site.port, "a.test", context) as tls:
+            daemon.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", site.port), timeout=1).close()
+            tls.sendall(b"during drain")  # the established connection keeps working
+            assert recv_exactly(tls, 12) == b"during drain"
+            started = time.monotonic()
+            assert daemon.process.wait(timeout=10) == 0
+            assert 1.5 < time.monotonic() - started + 0.3 < 6  # closed at the 3 s drain timeout
+        daemon.wait_for_log("end=shutdown")
+
+
+def worker_pids(daemon: Daemon) -> set[int]:
+    """Children of the supervisor, whichever of its threads started them."""
+    tasks = Path(f"/proc/{daemon.process.pid}/task")
+    return {int(p) for task in tasks.iterdir() for p in (task / "children").read_text().split()}
+
+
+def test_killed_worker_is_replaced(site: Site, processes: list) -> None:
+    with ThreadedEcho() as echo:
+        routes = '[routes.all]\ndefault = true\npool = "p"\n'
+        daemon = launch(
+            site, config_text(site, routes, pool("p", [echo.port]), extra="workers = 2"), processes
+        )
+        deadline = time.monotonic() + 10
+        while len(worker_pids(daemon)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = worker_pids(daemon)
+        assert len(before) == 2
+        context = client_context(site.ca_pem)
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        daemon.wait_for_log("restarting")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            after = worker_pids(daemon)
+            if len(after) == 2 and victim not in after:
+                break
+            time.sleep(0.05)
+        assert len(after) == 2 and victim not in after
+        for i in range(20):
+            payload = b"w%d" % i
+            assert tls_exchange(site.port, "a.test", context, payload, len(payload)) == payload
+        assert daemon.stop() == 0
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_curl_gets_demo_page_with_negotiated_parameters(site: Site, processes: list) -> None:
+    routes = '[routes.all]\ndefault = true\npool = "demo"\n'
+    backends = '[backends.demo]\nservers = ["demo"]\nhealth = { enabled = false }\n'
+    launch(site, config_text(site, routes, backends), processes)
+    (site.root / "ca.pem").write_bytes(site.ca_pem)
+    result = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            str(site.root / "ca.pem"),
+            "--resolve",
+            f"a.test:{site.port}:127.0.0.1",
+            "-H",
+            "Accept: text/plain",
+            f"https://a.test:{site.port}/",
+        ],
+        capture_output=True,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stderr
+    page = result.stdout.decode()
+    assert "TLS version: TLSv1.3" in page
+    assert "SNI: a.test" in page
+    assert "ALPN: http/1.1" in page
