@@ -37,6 +37,8 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import cryptography
+from cryptography import x509
+from cryptography.x509 import ocsp
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -760,13 +762,32 @@ def set_certificates(certificates: Mapping[str, CertificateTimes]) -> None:
 
 
 def certificate_times(
-    certificate: object, ocsp_produced_at: datetime | None = None
+    certificate: x509.Certificate, ocsp_produced_at: datetime | None = None
 ) -> CertificateTimes:
-    """Build :class:`CertificateTimes` from a ``cryptography.x509.Certificate`` leaf."""
-    not_after = getattr(certificate, "not_valid_after_utc", None)
-    if not isinstance(not_after, datetime):
-        raise TypeError("expected a cryptography x509.Certificate")
-    return CertificateTimes(not_after, ocsp_produced_at)
+    """:class:`CertificateTimes` of a leaf certificate (and its staple's producedAt, if any)."""
+    return CertificateTimes(certificate.not_valid_after_utc, ocsp_produced_at)
+
+
+class ChainInfo(Protocol):
+    """What the metrics need from ``tls13.CertificateChain``: the leaf and the OCSP staple."""
+
+    @property
+    def certificates(self) -> tuple[x509.Certificate, ...]: ...
+    @property
+    def ocsp_response(self) -> bytes | None: ...
+
+
+def chain_times(chain: ChainInfo) -> CertificateTimes:
+    """:class:`CertificateTimes` of a loaded chain: leaf notAfter and the staple's producedAt."""
+    produced_at = None
+    if chain.ocsp_response:
+        try:
+            response = ocsp.load_der_ocsp_response(chain.ocsp_response)
+            if response.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL:
+                produced_at = response.produced_at_utc
+        except ValueError:
+            produced_at = None  # an unparsable staple has no age; the engine rejects it anyway
+    return CertificateTimes(chain.certificates[0].not_valid_after_utc, produced_at)
 
 
 def _retire_series(gauge: Gauge, name: str) -> None:

@@ -8,9 +8,13 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
 import pytest
-from certs import make_ca
+from certs import Issued, make_ca, make_leaf
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 from metrics_helpers import (
     PROMTOOL,
     FakeHandshake,
@@ -313,9 +317,47 @@ def test_certificates_are_replaced_and_ocsp_age_is_computed_at_scrape() -> None:
     assert names == {(("certificate", "main"),)}
 
 
-def test_certificate_times_rejects_non_certificates() -> None:
-    with pytest.raises(TypeError):
-        metrics.certificate_times(object())
+def _ocsp_response(issuer: Issued, leaf: Issued, produced_at: datetime.datetime) -> bytes:
+    builder = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=leaf.cert,
+            issuer=issuer.cert,
+            algorithm=hashes.SHA256(),
+            cert_status=ocsp.OCSPCertStatus.GOOD,
+            this_update=produced_at,
+            next_update=produced_at + datetime.timedelta(days=7),
+            revocation_time=None,
+            revocation_reason=None,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, issuer.cert)
+    )
+    response = builder.sign(issuer.key, hashes.SHA256())  # type: ignore[arg-type]
+    return response.public_bytes(serialization.Encoding.DER)
+
+
+@dataclass(frozen=True)
+class FakeChain:
+    certificates: tuple[x509.Certificate, ...]
+    ocsp_response: bytes | None = None
+
+
+def test_chain_times_reads_leaf_expiry_and_staple_age() -> None:
+    issuer = make_ca("metrics OCSP CA")
+    leaf = make_leaf(issuer, ("example.test",))
+    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    staple = _ocsp_response(issuer, leaf, before - datetime.timedelta(hours=5))
+    times = metrics.chain_times(FakeChain((leaf.cert, issuer.cert), staple))
+    assert times.not_after == leaf.cert.not_valid_after_utc
+    # producedAt is when the responder signed (the builder uses "now"), not thisUpdate.
+    assert times.ocsp_produced_at is not None
+    assert abs((times.ocsp_produced_at - before).total_seconds()) <= 5
+    assert metrics.chain_times(FakeChain((leaf.cert,))).ocsp_produced_at is None
+    assert metrics.chain_times(FakeChain((leaf.cert,), b"garbage")).ocsp_produced_at is None
+    unsuccessful = ocsp.OCSPResponseBuilder.build_unsuccessful(
+        ocsp.OCSPResponseStatus.TRY_LATER
+    ).public_bytes(serialization.Encoding.DER)
+    assert metrics.chain_times(FakeChain((leaf.cert,), unsuccessful)).ocsp_produced_at is None
 
 
 def test_describe_matches_registry() -> None:
