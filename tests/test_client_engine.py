@@ -3,6 +3,7 @@ ALPN, certificate verification, client authentication, data, KeyUpdate, close.""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -316,3 +317,112 @@ def test_over_tcp_with_large_transfers(pki: dict[str, Any]) -> None:
     assert record.error is None and bytes(record.received) == payload + b"tail"
     assert events.ConnectionClosed(clean=True) in client.events
     assert any(isinstance(e, events.KeyUpdated) for e in record.events)
+
+
+# --------------------------------------------------------------------- resumption with our server
+
+
+def _ticket_server(pki: dict[str, Any], **overrides: Any) -> ServerConfig:
+    from tls13.tickets import TicketKeyring
+
+    overrides.setdefault("ticket_keys", TicketKeyring.generate())
+    return _server_config(pki, **overrides)
+
+
+def _tickets_from(client_events: list[Any]) -> list[Any]:
+    return [e.ticket for e in client_events if isinstance(e, events.NewSessionTicketReceived)]
+
+
+def _first_session(
+    pki: dict[str, Any], server_config: ServerConfig, **client: Any
+) -> tuple[ClientConfig, Any]:
+    config = _client_config(pki, **client)
+    _, _, client_events, _ = _connect(config, server_config)
+    tickets = _tickets_from(client_events)
+    assert len(tickets) == server_config.tickets
+    return config, tickets[0]
+
+
+def _resume(
+    config: ClientConfig, server_config: ServerConfig, ticket: Any, early: bytes = b""
+) -> tuple[ClientConnection, ServerConnection, list[Any], list[Any]]:
+    client = ClientConnection(config, server_name="localhost", session=ticket)
+    server = ServerConnection(server_config)
+    client.start()
+    if early:
+        client.send_early_data(early)
+    client_events, server_events = pump(client, server)
+    return client, server, client_events, server_events
+
+
+def test_resumption_with_our_server(pki: dict[str, Any]) -> None:
+    server_config = _ticket_server(pki)
+    config, ticket = _first_session(pki, server_config)
+    client, server, client_events, _ = _resume(config, server_config, ticket)
+    info = _complete(client_events)
+    assert info.resumed and not info.early_data_accepted and info.peer_certificates == ()
+    assert server.info is not None and server.info.resumed
+    assert client.export_keying_material(b"x", b"", 16) == server.export_keying_material(
+        b"x", b"", 16
+    )
+    # A resumed session issues fresh tickets that resume again.
+    (next_ticket, *_) = _tickets_from(client_events)
+    _, _, again, _ = _resume(config, server_config, next_ticket)
+    assert _complete(again).resumed
+
+
+def test_early_data_with_our_server(pki: dict[str, Any]) -> None:
+    server_config = _ticket_server(pki, max_early_data=4096)
+    config, ticket = _first_session(pki, server_config)
+    assert ticket.max_early_data == 4096
+    client, server, client_events, server_events = _resume(
+        config, server_config, ticket, early=b"zero round trip"
+    )
+    assert _complete(client_events).early_data_accepted
+    assert events.EarlyData(b"zero round trip") in server_events
+    client.send_data(b"then 1-RTT")
+    assert events.ApplicationData(b"then 1-RTT") in server.receive_data(client.data_to_send())
+
+
+def test_early_data_replay_is_refused(pki: dict[str, Any]) -> None:
+    # The same ClientHello twice: the second gets 1-RTT only (RFC 8446 §8.2).
+    server_config = _ticket_server(pki, max_early_data=4096)
+    config, ticket = _first_session(pki, server_config)
+    fixed = ClientConfig(
+        ca_certificates=config.ca_certificates, random=lambda n: b"\x42" * n, clock=lambda: 1e9 + 1
+    )
+    replay_ticket = dataclasses.replace(ticket, received_at=1e9)
+    _, _, first_events, _ = _resume(fixed, server_config, replay_ticket, early=b"once")
+    assert _complete(first_events).early_data_accepted
+    _, _, second_events, server_events = _resume(fixed, server_config, replay_ticket, early=b"once")
+    assert not _complete(second_events).early_data_accepted
+    assert any(isinstance(e, events.EarlyDataRejected) for e in second_events)
+    assert not any(isinstance(e, events.EarlyData) for e in server_events)
+
+
+def test_early_data_declined_by_our_server(pki: dict[str, Any]) -> None:
+    generous = _ticket_server(pki, max_early_data=4096)
+    config, ticket = _first_session(pki, generous)
+    strict = _server_config(pki, ticket_keys=generous.ticket_keys)  # same keys, 0-RTT off
+    _, _, client_events, server_events = _resume(config, strict, ticket, early=b"skipped")
+    info = _complete(client_events)
+    assert info.resumed and not info.early_data_accepted
+    assert any(isinstance(e, events.EarlyDataRejected) for e in client_events)
+    assert not any(isinstance(e, events.EarlyData) for e in server_events)
+
+
+def test_resumption_after_hello_retry_with_our_server(pki: dict[str, Any]) -> None:
+    server_config = _ticket_server(pki, groups=(P256,), max_early_data=4096)
+    _, ticket = _first_session(pki, server_config, groups=(P256,), key_share_groups=(P256,))
+    config = _client_config(pki, groups=(X25519, P256), key_share_groups=(X25519,))
+    _, _, client_events, server_events = _resume(config, server_config, ticket, early=b"lost")
+    info = _complete(client_events)
+    assert info.hello_retry and info.resumed and not info.early_data_accepted
+    assert not any(isinstance(e, events.EarlyData) for e in server_events)
+
+
+def test_ticket_of_another_server_is_ignored(pki: dict[str, Any]) -> None:
+    config, ticket = _first_session(pki, _ticket_server(pki))
+    _, _, client_events, _ = _resume(config, _ticket_server(pki), ticket)
+    info = _complete(client_events)
+    assert not info.resumed and len(info.peer_certificates) == 1
