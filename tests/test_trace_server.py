@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from core_helpers import COMPATIBILITY, HELLO_RETRY, SIMPLE_1RTT, load_trace
+from core_helpers import COMPATIBILITY, HELLO_RETRY, RESUMED_0RTT, SIMPLE_1RTT, load_trace
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from engine_helpers import ScriptedRandom, pem_key, split_records, trace_records, trace_rsa_key
@@ -27,13 +27,16 @@ from tls13.keyschedule import export
 from tls13.messages import (
     Certificate,
     CertificateVerify,
+    ClientHello,
     EncryptedExtensions,
+    NewSessionTicket,
     ServerHello,
 )
 from tls13.record import RecordLayer
 from tls13.server import ServerConnection
 from tls13.signatures import SCHEMES
 from tls13.suites import SUITES
+from tls13.tickets import SessionState, TicketKeyring
 
 RSA_PSS_RSAE_SHA256 = 0x0804
 
@@ -237,5 +240,115 @@ def test_compatibility_mode_server_records_match_trace(monkeypatch: pytest.Monke
     assert conn.receive_data(client[1]) == []  # the client's own compatibility CCS
     assert isinstance(conn.receive_data(client[2])[0], events.HandshakeComplete)
     assert conn.receive_data(client[3]) == [events.ConnectionClosed(clean=True)]
+    conn.close()
+    assert conn.data_to_send() == server[3]
+
+
+def _replay_ticket(monkeypatch: pytest.MonkeyPatch, trace: dict[str, bytes]) -> NewSessionTicket:
+    """Sealing is ours and opaque: check the state we seal (its PSK and age_add are
+    the trace's), then hand out the trace's ticket bytes instead of our ciphertext."""
+    ticket = NewSessionTicket.parse(_message(trace, "NewSessionTicket", "NewSessionTicket")[4:])
+    psk = trace['server generate resumption secret "tls13 resumption": expanded']
+
+    def seal_state(self: TicketKeyring, state: SessionState, random: Any = None) -> bytes:
+        assert state.psk == psk and state.age_add == ticket.ticket_age_add
+        assert state.max_early_data == ticket.max_early_data_size()
+        return ticket.ticket
+
+    monkeypatch.setattr(TicketKeyring, "seal_state", seal_state)
+    return ticket
+
+
+def test_simple_1rtt_with_ticket_matches_every_server_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trace = load_trace(SIMPLE_1RTT)
+    _replay_signature(monkeypatch, trace)
+    ticket = _replay_ticket(monkeypatch, trace)
+    server_hello = ServerHello.parse(_message(trace, "ServerHello", "ServerHello")[4:])
+    private = trace["server create an ephemeral x25519 key pair: private key"]
+    config = ServerConfig(
+        certificates=_trace_store(trace),
+        groups=ONE_RTT_GROUPS,
+        random=ScriptedRandom([server_hello.random, ticket.ticket_age_add.to_bytes(4, "big")]),
+        key_share_factory=lambda code: GROUPS[code].private_from_bytes(private),
+        cookie_secret=bytes(32),
+        ticket_keys=TicketKeyring.generate(),
+        tickets=1,
+        ticket_lifetime=ticket.ticket_lifetime,
+        max_early_data=ticket.max_early_data_size(),
+    )
+    client = _records(SIMPLE_1RTT, "client")
+    server = _records(SIMPLE_1RTT, "server")
+    conn = ServerConnection(config)
+    conn.receive_data(client[0])
+    assert split_records(conn.data_to_send()) == server[:2]
+    done = conn.receive_data(client[1])
+    assert [type(e) for e in done] == [events.HandshakeComplete, events.SessionTicketIssued]
+    assert conn.data_to_send() == server[2]  # the NewSessionTicket record
+    payload = trace["client send application_data record: payload"]
+    assert conn.receive_data(client[2]) == [events.ApplicationData(payload)]
+    conn.send_data(trace["server send application_data record: payload"])
+    assert conn.data_to_send() == server[3]
+    assert conn.receive_data(client[3]) == [events.ConnectionClosed(clean=True)]
+    conn.close()
+    assert conn.data_to_send() == server[4]
+
+
+def test_resumed_0rtt_server_records_match_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = load_trace(SIMPLE_1RTT)
+    trace = load_trace(RESUMED_0RTT)
+    ticket = NewSessionTicket.parse(_message(first, "NewSessionTicket", "NewSessionTicket")[4:])
+    hello = ClientHello.parse(trace["client send handshake record: payload"][4:])
+    offered = hello.pre_shared_key()
+    assert offered is not None and offered.identities[0].identity == ticket.ticket
+    client_age_ms = (offered.identities[0].obfuscated_ticket_age - ticket.ticket_age_add) % 2**32
+    now = 1_700_000_000.0
+    state = SessionState(
+        psk=first['server generate resumption secret "tls13 resumption": expanded'],
+        suite=0x1301,
+        created=int(now * 1000) - client_age_ms,
+        age_add=ticket.ticket_age_add,
+        lifetime=ticket.ticket_lifetime,
+        max_early_data=ticket.max_early_data_size(),
+        sni="server",
+    )
+    known = {ticket.ticket: state}
+    monkeypatch.setattr(TicketKeyring, "open_state", lambda self, raw: known.get(raw))
+    server_hello = ServerHello.parse(_message(trace, "ServerHello", "ServerHello")[4:])
+    encrypted = EncryptedExtensions.parse(
+        _message(trace, "EncryptedExtensions", "EncryptedExtensions")[4:]
+    )
+    groups = encrypted.supported_groups()
+    assert groups is not None and encrypted.early_data()
+    private = trace["server create an ephemeral x25519 key pair: private key"]
+    config = ServerConfig(
+        certificates=_trace_store(first),
+        groups=tuple(groups),
+        random=ScriptedRandom([server_hello.random]),
+        key_share_factory=lambda code: GROUPS[code].private_from_bytes(private),
+        cookie_secret=bytes(32),
+        clock=lambda: now,
+        ticket_keys=TicketKeyring.generate(),
+        tickets=0,  # the trace's server issues no new ticket on this connection
+        max_early_data=ticket.max_early_data_size(),
+    )
+    client = _records(RESUMED_0RTT, "client")
+    server = _records(RESUMED_0RTT, "server")
+    conn = ServerConnection(config)
+
+    got = conn.receive_data(client[0] + client[1])  # ClientHello + 0-RTT data
+    early = trace["client send application_data record: payload"]
+    assert got[1:] == [events.EarlyData(early)]
+    assert split_records(conn.data_to_send()) == server[:2]
+    assert conn.receive_data(client[2]) == []  # EndOfEarlyData
+    info = conn.receive_data(client[3])[0]
+    assert isinstance(info, events.HandshakeComplete)
+    assert info.resumed and info.early_data_accepted and info.signature_scheme is None
+    payload = trace["client send application_data record #2: payload"]
+    assert conn.receive_data(client[4]) == [events.ApplicationData(payload)]
+    conn.send_data(trace["server send application_data record: payload"])
+    assert conn.data_to_send() == server[2]
+    assert conn.receive_data(client[5]) == [events.ConnectionClosed(clean=True)]
     conn.close()
     assert conn.data_to_send() == server[3]
