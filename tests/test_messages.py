@@ -125,6 +125,15 @@ def test_resumption_client_hello_binders() -> None:
         assert zeroed.with_binders(original).serialize() == full
 
 
+def test_binder_helpers_need_pre_shared_key_last() -> None:
+    psk = ext.encode_offered_psks(ext.OfferedPsks((ext.PskIdentity(b"id", 1),), (bytes(32),)))
+    hello = ClientHello(bytes(32), b"", (0x1301,), [(ExtensionType.pre_shared_key, psk), SV13])
+    with pytest.raises(ValueError):
+        hello.binders_offset()
+    with pytest.raises(ValueError):
+        hello.with_binders([bytes(32)])
+
+
 def test_with_binders_refuses_a_client_hello_without_psk() -> None:
     ch = parse_message(trace_message(SIMPLE, "ClientHello"))
     assert isinstance(ch, ClientHello)

@@ -134,6 +134,8 @@ class ClientHello(_Ext):
         body = self.extension(ExtensionType.pre_shared_key)
         if body is None:
             return None
+        if self.extensions[-1][0] != ExtensionType.pre_shared_key:
+            raise ValueError("pre_shared_key must be the last extension (§4.2.11)")
         offered = ext.decode_offered_psks(body)
         # pre_shared_key is the last extension, so the binders end the message.
         return len(self.serialize()) - len(ext.encode_binders(offered.binders))
