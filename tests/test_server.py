@@ -625,3 +625,20 @@ def test_record_buffer_limit(make_config: Callable[..., ServerConfig]) -> None:
     conn = ServerConnection(make_config(limits=Limits(max_record_buffer=40_000)))
     flood = plaintext_record(22, MiniClient().hello()) * 1000  # far beyond the buffer limit
     expect_alert(conn, flood, AlertDescription.internal_error)
+
+
+def test_skips_early_data_after_hello_retry(make_config: Callable[..., ServerConfig]) -> None:
+    conn = ServerConnection(make_config(groups=(P384,)))
+    client = MiniClient(
+        groups=(X25519, P384),
+        share_groups=(X25519,),
+        extra_extensions=[(ExtensionType.early_data, b"")],
+    )
+    junk_early = bytes.fromhex("1703030020") + bytes(32)
+    conn.receive_data(client.hello_record() + junk_early)
+    client.extra_extensions = []  # RFC 8446 §4.1.2: CH2 drops early_data
+    answer = client.handle_server_hello(conn.data_to_send())
+    conn.receive_data(junk_early + answer)
+    done = conn.receive_data(client.handle_server_hello(conn.data_to_send()))
+    info = done[0]
+    assert isinstance(info, events.HandshakeComplete) and info.hello_retry
