@@ -15,6 +15,8 @@ from certs import Issued, make_ca, make_leaf
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
+from hypothesis import given
+from hypothesis import strategies as st
 from metrics_helpers import (
     PROMTOOL,
     FakeHandshake,
@@ -461,3 +463,23 @@ def test_endpoint_adopts_a_socket_bound_elsewhere() -> None:
         assert server.address == ("127.0.0.1", port)
         assert "tls13proxy_build_info" in scrape(port)
     assert sock.fileno() == -1, "closing the server closes the adopted socket"
+
+
+@given(st.text(max_size=80))
+def test_network_derived_labels_stay_in_their_tables(text: str) -> None:
+    assert metrics._from_table(text, metrics.CIPHER_SUITES) in metrics.CIPHER_SUITES | {"other"}
+    assert metrics._from_table(text, metrics.GROUPS) in metrics.GROUPS | {"other"}
+    assert metrics.alert_label(text) in metrics.ALERT_NAMES | {"unknown"}
+
+
+@given(st.integers(min_value=-(2**31), max_value=2**31))
+def test_alert_codes_map_into_the_enum(code: int) -> None:
+    assert metrics.alert_label(code) in metrics.ALERT_NAMES | {"unknown"}
+
+
+@given(st.lists(st.text(max_size=60), max_size=40))
+def test_code_supplied_labels_are_identifiers_or_other(values: list[str]) -> None:
+    guard = metrics._BoundedLabel(metrics._CODE_NAME, limit=8)
+    admitted = {guard(v) for v in values}
+    assert len(admitted - {"other"}) <= 8
+    assert all(v == "other" or metrics._CODE_NAME.fullmatch(v) for v in admitted)
