@@ -1,0 +1,406 @@
+"""Record real client and server flights as seed corpus files (run by hand, not by tests).
+
+    python3 fuzz/record_corpus.py            # rewrites fuzz/corpus/{server,client}/real-*
+
+Server corpus: openssl s_client, gnutls-cli, curl and Python's ssl module talk
+to a loopback ServerConnection built from :func:`fuzz.targets.server_config`;
+everything each client sent is saved (prefixed with chunking byte 0).  As the
+server is deterministic, replaying a file reaches the same states again, the
+client's Finished included.  Client corpus: the deterministic ClientConnection
+of :func:`fuzz.targets.new_client` talks to ``openssl s_server`` and to our own
+server, and the server's bytes are saved.  The RFC 8448 trace ClientHellos are
+added from the shared specs.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fuzz.targets import (  # noqa: E402
+    ALPN,
+    SERVER_NAME,
+    client_config,
+    fixed_pki,
+    new_client,
+    react,
+    server_config,
+)
+from tls13.alerts import TLSError  # noqa: E402
+from tls13.client import ClientConnection  # noqa: E402
+from tls13.server import ServerConnection  # noqa: E402
+
+CORPUS = ROOT / "fuzz" / "corpus"
+TRACES = Path("/work/shared/specs/tls13-example-traces.txt")
+TIMEOUT = 15.0
+
+
+class Recorder:
+    """Loopback TCP server: one deterministic ServerConnection per socket, input recorded."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.streams: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Recorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.listener.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.listener], [], [], 0.1)
+            if ready:
+                sock, _ = self.listener.accept()
+                self._serve(sock)
+
+    def _serve(self, sock: socket.socket) -> None:
+        conn = ServerConnection(server_config())
+        received = bytearray()
+        sock.settimeout(TIMEOUT)
+        try:
+            while True:
+                data = sock.recv(65536)
+                received += data
+                done = False
+                for event in conn.receive_data(data):
+                    react(conn, event)
+                    done = done or type(event).__name__ == "ConnectionClosed"
+                sock.sendall(conn.data_to_send())
+                if done or not data:
+                    break
+        except (TLSError, OSError) as error:
+            print(f"  server side ended: {error}", file=sys.stderr)
+            try:
+                sock.sendall(conn.data_to_send())
+            except OSError:
+                pass
+        finally:
+            sock.close()
+            self.streams.append(bytes(received))
+
+
+def _run(argv: list[str], stdin: bytes = b"hi\n", delay: float = 1.0) -> None:
+    """Run a client, give it time to finish the handshake, then close its stdin."""
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    assert proc.stdin is not None
+    try:
+        time.sleep(delay)
+        for line in stdin.splitlines(keepends=True):
+            proc.stdin.write(line)
+            proc.stdin.flush()
+            time.sleep(0.3)
+        proc.stdin.close()
+        proc.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _python_client(port: int, ca: Path, post_auth: bool, cert: tuple[Path, Path] | None) -> None:
+    context = ssl.create_default_context(cafile=str(ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.set_alpn_protocols(list(ALPN))
+    if post_auth:
+        context.post_handshake_auth = True
+    if cert is not None:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+        with context.wrap_socket(raw, server_hostname=SERVER_NAME) as tls:
+            tls.recv(100)
+            tls.sendall(b"ping")
+            tls.recv(100)
+            tls.unwrap()
+
+
+def record_server_corpus(tmp: Path) -> dict[str, bytes]:
+    pki = fixed_pki()
+    ca, crt, key = pki.path("ca.pem"), pki.path("client.pem"), pki.path("client.key")
+    sess = tmp / "sess.pem"
+    early = tmp / "early.txt"
+    early.write_bytes(b"GET /early HTTP/1.1\r\n\r\n")
+    out: dict[str, bytes] = {}
+    with Recorder() as rec:
+        target = f"127.0.0.1:{rec.port}"
+        s_client = [
+            "openssl",
+            "s_client",
+            "-connect",
+            target,
+            "-servername",
+            SERVER_NAME,
+            "-CAfile",
+            str(ca),
+            "-tls1_3",
+        ]
+        runs: list[tuple[str, object]] = [
+            ("openssl-default", lambda: _run([*s_client, "-alpn", "h2,http/1.1"])),
+            ("openssl-hrr", lambda: _run([*s_client, "-groups", "P-521:X25519"])),
+            (
+                "openssl-p384-aes256",
+                lambda: _run(
+                    [*s_client, "-groups", "P-384", "-ciphersuites", "TLS_AES_256_GCM_SHA384"]
+                ),
+            ),
+            (
+                "openssl-chacha-x448",
+                lambda: _run(
+                    [*s_client, "-groups", "X448", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"]
+                ),
+            ),
+            ("openssl-ffdhe", lambda: _run([*s_client, "-groups", "ffdhe2048"])),
+            ("openssl-client-cert", lambda: _run([*s_client, "-cert", str(crt), "-key", str(key)])),
+            ("openssl-keyupdate", lambda: _run([*s_client], stdin=b"hi\nK\nk\nbye\n")),
+            ("openssl-ticket", lambda: _run([*s_client, "-sess_out", str(sess)], delay=1.5)),
+            (
+                "openssl-resume-0rtt",
+                lambda: _run([*s_client, "-sess_in", str(sess), "-early_data", str(early)]),
+            ),
+            (
+                "openssl-compat-off",
+                lambda: _run(
+                    [
+                        "openssl",
+                        "s_client",
+                        "-connect",
+                        target,
+                        "-noservername",
+                        "-tls1_3",
+                        "-no_middlebox",
+                    ]
+                ),
+            ),
+            (
+                "gnutls-default",
+                lambda: _run(
+                    [
+                        "gnutls-cli",
+                        "--x509cafile",
+                        str(ca),
+                        "-p",
+                        str(rec.port),
+                        "--alpn",
+                        "h2",
+                        SERVER_NAME.replace("localhost", "127.0.0.1"),
+                        "--sni-hostname",
+                        SERVER_NAME,
+                        "--verify-hostname",
+                        SERVER_NAME,
+                    ]
+                ),
+            ),
+            (
+                "gnutls-client-cert",
+                lambda: _run(
+                    [
+                        "gnutls-cli",
+                        "--x509cafile",
+                        str(ca),
+                        "-p",
+                        str(rec.port),
+                        "--x509certfile",
+                        str(crt),
+                        "--x509keyfile",
+                        str(key),
+                        "127.0.0.1",
+                        "--sni-hostname",
+                        SERVER_NAME,
+                        "--verify-hostname",
+                        SERVER_NAME,
+                    ]
+                ),
+            ),
+            (
+                "gnutls-secp256r1",
+                lambda: _run(
+                    [
+                        "gnutls-cli",
+                        "--x509cafile",
+                        str(ca),
+                        "-p",
+                        str(rec.port),
+                        "127.0.0.1",
+                        "--sni-hostname",
+                        SERVER_NAME,
+                        "--verify-hostname",
+                        SERVER_NAME,
+                        "--priority",
+                        "NORMAL:-GROUP-ALL:+GROUP-SECP256R1:-VERS-ALL:+VERS-TLS1.3",
+                    ]
+                ),
+            ),
+            (
+                "curl",
+                lambda: _run(
+                    [
+                        "curl",
+                        "-sS",
+                        "--max-time",
+                        "10",
+                        "--cacert",
+                        str(ca),
+                        "--resolve",
+                        f"{SERVER_NAME}:{rec.port}:127.0.0.1",
+                        f"https://{SERVER_NAME}:{rec.port}/",
+                    ],
+                    stdin=b"",
+                    delay=0,
+                ),
+            ),
+            ("python-ssl", lambda: _python_client(rec.port, ca, False, None)),
+            ("python-ssl-pha", lambda: _python_client(rec.port, ca, True, (crt, key))),
+        ]
+        for name, action in runs:
+            before = len(rec.streams)
+            print(f"recording {name}", file=sys.stderr)
+            try:
+                action()  # type: ignore[operator]
+            except (OSError, ssl.SSLError) as error:
+                print(f"  client: {error}", file=sys.stderr)
+            deadline = time.monotonic() + TIMEOUT
+            while len(rec.streams) == before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if len(rec.streams) > before:
+                out[f"real-{name}"] = b"\x00" + rec.streams[-1]
+    return out
+
+
+def trace_client_hellos() -> dict[str, bytes]:
+    """The first client record of each RFC 8448-format trace section (a ClientHello)."""
+    text = TRACES.read_text()
+    out: dict[str, bytes] = {}
+    pattern = re.compile(
+        r"\{client\}  send handshake record:\s+payload \(\d+ octets\):.*?"
+        r"complete record \((\d+) octets\):\s+([0-9a-f \n]+)",
+        re.S,
+    )
+    for index, match in enumerate(pattern.finditer(text)):
+        hexes = re.sub(r"[^0-9a-f]", "", match.group(2).split("\n\n")[0])
+        record = bytes.fromhex(hexes)[: int(match.group(1))]
+        if record[:1] == b"\x16" and record[5:6] == b"\x01":
+            out[f"trace-clienthello-{index}"] = b"\x00" + record
+    return out
+
+
+def record_client_corpus(tmp: Path) -> dict[str, bytes]:
+    """Server flights answering the deterministic client: ours and openssl s_server's."""
+    out: dict[str, bytes] = {}
+    client = new_client()
+    hello = _client_hello_bytes()
+    server = ServerConnection(server_config(ecdsa=True))
+    server.receive_data(hello)
+    flight = server.data_to_send()
+    client.receive_data(flight)
+    server.receive_data(client.data_to_send())
+    out["own-server-full"] = b"\x00" + flight + server.data_to_send()
+    out["own-server-chunked"] = b"\x05" + flight
+    port = _free_port()
+    pki = fixed_pki()
+    s_server = subprocess.Popen(
+        [
+            "openssl",
+            "s_server",
+            "-accept",
+            f"127.0.0.1:{port}",
+            "-cert",
+            str(pki.path("server-ecdsa.pem")),
+            "-key",
+            str(pki.path("server-ecdsa.key")),
+            "-tls1_3",
+            "-quiet",
+            "-naccept",
+            "1",
+            "-alpn",
+            "h2",
+            "-verify",
+            "1",
+            "-CAfile",
+            str(pki.path("ca.pem")),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.0)
+        out["openssl-s_server"] = b"\x00" + _talk_to(port, hello)
+    finally:
+        s_server.kill()
+        s_server.wait()
+    return out
+
+
+def _client_hello_bytes() -> bytes:
+    client = ClientConnection(client_config(), server_name=SERVER_NAME, alpn_protocols=ALPN)
+    client.start()
+    return client.data_to_send()
+
+
+def _talk_to(port: int, hello: bytes) -> bytes:
+    """Send our ClientHello, then our second flight; return all the server sent."""
+    client = new_client()
+    received = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(hello)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([sock], [], [], 0.3)
+            if not ready:
+                if received:
+                    break
+                continue
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+            try:
+                client.receive_data(data)
+            except TLSError as error:
+                print(f"  client: {error}", file=sys.stderr)
+                break
+            sock.sendall(client.data_to_send())
+    return bytes(received)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = {**record_server_corpus(Path(tmp)), **trace_client_hellos()}
+        client = record_client_corpus(Path(tmp))
+    for directory, files in (("server", server), ("client", client)):
+        (CORPUS / directory).mkdir(parents=True, exist_ok=True)
+        for name, data in sorted(files.items()):
+            (CORPUS / directory / name).write_bytes(data)
+            print(f"{directory}/{name}: {len(data)} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Replay every fuzz corpus file and crash regression through its target.
+
+A target raises ``fuzz.targets.Crash`` for anything but a well-judged
+``TLSError`` (an internal_error counts as a crash), so each replay must simply
+return.  The seed corpus was recorded from real clients and servers against a
+deterministic engine: the tests below also pin that those recordings still
+reach the end of the handshake, or the corpus would silently stop exercising
+the deep states.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fuzz_helpers import FUZZ_DIR, TARGETS, input_files
+
+from fuzz import targets
+from tls13 import events
+
+pytestmark = pytest.mark.timeout(120)
+
+CASES = [(name, path) for name in TARGETS for path in input_files(name)]
+
+
+@pytest.mark.parametrize(
+    ("target", "path"), CASES, ids=[f"{t}/{p.parent.parent.name}/{p.name}" for t, p in CASES]
+)
+def test_replay_without_crash(target: str, path: Path) -> None:
+    TARGETS[target](path.read_bytes())
+
+
+def test_corpus_is_small_and_present() -> None:
+    sizes = [p.stat().st_size for name in TARGETS for p in input_files(name)]
+    assert len(sizes) >= 20
+    assert sum(sizes) < 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "path", sorted((FUZZ_DIR / "corpus" / "server").glob("real-*")), ids=lambda p: p.name
+)
+def test_recorded_client_flights_complete_the_handshake(path: Path) -> None:
+    seen = targets.run_server(path.read_bytes())
+    assert any(isinstance(e, events.HandshakeComplete) for e in seen), seen
+    assert any(isinstance(e, events.ConnectionClosed) for e in seen), seen
+
+
+def test_recorded_0rtt_flight_is_accepted() -> None:
+    seen = targets.run_server((FUZZ_DIR / "corpus/server/real-openssl-resume-0rtt").read_bytes())
+    complete = [e for e in seen if isinstance(e, events.HandshakeComplete)]
+    assert complete and complete[0].resumed and complete[0].early_data_accepted
+    assert any(isinstance(e, events.EarlyData) for e in seen)
+
+
+def test_recorded_server_flights_complete_the_client() -> None:
+    for path in sorted((FUZZ_DIR / "corpus" / "client").iterdir()):
+        seen = targets.run_client(path.read_bytes())
+        assert any(isinstance(e, events.HandshakeComplete) for e in seen), path.name
+
+
+def test_chunking_covers_every_byte() -> None:
+    data = bytes([7]) + bytes(range(256)) * 3
+    pieces = list(targets.chunks(data))
+    assert b"".join(pieces) == data[1:]
+    assert len(pieces) > 10 and max(map(len, pieces)) <= 7 * 8
+
+
+def test_a_bug_is_reported_as_crash() -> None:
+    """The harness must flag an internal_error: otherwise no finding could ever fail."""
+
+    class Broken:
+        handshake_complete = False
+
+        def receive_data(self, data: bytes) -> list[events.Event]:
+            from tls13.alerts import AlertDescription, TLSError
+
+            raise TLSError(AlertDescription.internal_error, "KeyError: boom")
+
+        def data_to_send(self) -> bytes:
+            return b""
+
+    with pytest.raises(targets.Crash):
+        targets.drive(Broken(), b"\x00abc")  # type: ignore[arg-type]
+
+
+def test_a_non_tls_exception_is_reported_as_crash() -> None:
+    class Exploding:
+        handshake_complete = False
+
+        def receive_data(self, data: bytes) -> list[events.Event]:
+            raise IndexError("out of range")
+
+        def data_to_send(self) -> bytes:
+            return b""
+
+    with pytest.raises(targets.Crash):
+        targets.drive(Exploding(), b"\x00abc")  # type: ignore[arg-type]
