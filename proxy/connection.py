@@ -124,6 +124,11 @@ class ListenerRuntime:
     pools: Mapping[str, BackendPool]
     timeouts: Timeouts
     observer: ConnectionObserver
+    # Bytes read per direction at a time (the per-connection buffer bound).
+    chunk: int = CHUNK
+    # Shared by a process's listeners: bounds handshakes in progress (CPU protection);
+    # waiting for a slot counts against the handshake timeout.
+    handshake_slots: trio.CapacityLimiter | None = None
 
 
 def describe_session(info: SessionInfo) -> dict[str, str]:
@@ -216,7 +221,11 @@ async def _establish(
     started = time.monotonic()
     try:
         with trio.fail_after(runtime.timeouts.handshake):
-            established = await runtime.terminator.establish(transport)
+            if runtime.handshake_slots is None:
+                established = await runtime.terminator.establish(transport)
+            else:
+                async with runtime.handshake_slots:
+                    established = await runtime.terminator.establish(transport)
     except trio.TooSlowError:
         record.finish("handshake_timeout")
         return None
@@ -274,7 +283,7 @@ async def _relay(
         record.finish("backend_error", str(exc))
         pool.record_failure(lease.server, f"write failed: {exc}")
         return
-    await splice(client, backend, runtime.timeouts.idle, record)
+    await splice(client, backend, runtime.timeouts.idle, record, runtime.chunk)
 
 
 def proxy_header(version: int, record: ConnectionRecord) -> bytes:
@@ -303,17 +312,22 @@ class _SpliceState:
     scope: trio.CancelScope
     idle: float
     record: ConnectionRecord
+    chunk: int
 
     def touch(self) -> None:
         self.scope.deadline = trio.current_time() + self.idle
 
 
 async def splice(
-    client: trio.abc.Stream, backend: trio.abc.Stream, idle: float, record: ConnectionRecord
+    client: trio.abc.Stream,
+    backend: trio.abc.Stream,
+    idle: float,
+    record: ConnectionRecord,
+    chunk: int = CHUNK,
 ) -> None:
     """Two pumps with an idle deadline that any byte in either direction pushes back."""
     with trio.CancelScope() as scope:
-        state = _SpliceState(scope, idle, record)
+        state = _SpliceState(scope, idle, record, chunk)
         state.touch()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_pump, client, backend, state, True)
@@ -343,7 +357,7 @@ async def _pump(
     try:
         while True:
             receiving = True
-            data = await source.receive_some(CHUNK)
+            data = await source.receive_some(state.chunk)
             receiving = False
             if not data:
                 break

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -175,10 +176,20 @@ def access_record(record: ConnectionRecord) -> AccessRecord:
     )
 
 
-def refused_connection(listener: str) -> None:
-    log.warning("listener %s: connection limit reached; refusing a connection", listener)
-    metrics.connection_rejected(listener, "max_connections")
-    metrics.limit_hit("max_connections")
+_last_refusal_log: dict[tuple[str, str], float] = {}
+REFUSAL_LOG_INTERVAL = 1.0
+
+
+def refused_connection(listener: str, limit: str) -> None:
+    """Count every refusal; log at most once a second per listener and limit (a flood of
+    connections must not become a flood of log lines)."""
+    now = time.monotonic()
+    key = (listener, limit)
+    if now - _last_refusal_log.get(key, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
+        _last_refusal_log[key] = now
+        log.warning("listener %s: %s reached; refusing connections", listener, limit)
+    metrics.connection_rejected(listener, limit)
+    metrics.limit_hit(limit)
 
 
 # -- a generation -------------------------------------------------------------------------
@@ -201,6 +212,7 @@ def build_generation(
     observer: DaemonObserver,
     ticket_keys: TicketKeyring | None,
     listener_names: Sequence[str] | None = None,
+    handshake_slots: trio.CapacityLimiter | None = None,
 ) -> Generation:
     """Build (and validate by building) a generation; raises on unreadable keys etc."""
     from proxy.tlsconfig import (
@@ -221,7 +233,14 @@ def build_generation(
         config = build_server_config(settings, listener, ticket_keys, table)
         terminator = TLSTerminator(config)
         runtimes[listener.name] = ListenerRuntime(
-            listener.name, terminator, table, pools, timeouts, observer
+            listener.name,
+            terminator,
+            table,
+            pools,
+            timeouts,
+            observer,
+            chunk=settings.limits.buffer_size,
+            handshake_slots=handshake_slots,
         )
         metrics.declare_listener(listener.name)
     health = [
@@ -282,7 +301,11 @@ class ProxyProcess:
         self.observer = DaemonObserver(self.access_log)
         self.stopped = trio.Event()
         self._stop = trio.Event()
-        self.tracker = ConnectionTracker(self.settings.limits.max_connections, refused_connection)
+        limits = self.settings.limits
+        self.tracker = ConnectionTracker(
+            limits.max_connections, refused_connection, limits.max_connections_per_client
+        )
+        self.handshake_slots = trio.CapacityLimiter(limits.max_concurrent_handshakes)
 
     def runtime_for(self, name: str) -> ListenerRuntime:
         assert self.generation is not None
@@ -302,7 +325,8 @@ class ProxyProcess:
                     self._root, self._connections = root, connections
                     in_process = InProcessBackends(connections, {"demo": serve_demo})
                     self._in_process = in_process
-                    self._install(self._build(self.settings))
+                    self._install(self._build(self.settings, self.ticket_keys))
+                    self._apply_limits()
                     drop_privileges(*self.drop_to)
                     for name in self.sockets:
                         self._start_listener(name, self.sockets[name])
@@ -329,9 +353,19 @@ class ProxyProcess:
     def status(self) -> str:
         return f"serving {len(self._listeners)} listener(s), {self.tracker.active} connection(s)"
 
-    def _build(self, settings: Settings) -> Generation:
+    def _build(
+        self,
+        settings: Settings,
+        keys: TicketKeyring | None,
+        names: Sequence[str] | None = None,
+    ) -> Generation:
         return build_generation(
-            settings, self._in_process, self.observer, self.ticket_keys, list(self.sockets)
+            settings,
+            self._in_process,
+            self.observer,
+            keys,
+            list(self.sockets) if names is None else names,
+            self.handshake_slots,
         )
 
     def _install(self, generation: Generation) -> None:
@@ -341,7 +375,9 @@ class ProxyProcess:
         self._root.start_soon(_run_health, generation)
 
     def _start_listener(self, name: str, sockets: list[socket.socket]) -> None:
-        listener = Listener(name, to_trio(sockets), partial(self.runtime_for, name), self.tracker)
+        getter = partial(self.runtime_for, name)
+        limit = self._listener_limit(name)
+        listener = Listener(name, to_trio(sockets), getter, self.tracker, limit)
         scope = trio.CancelScope()
         self._listeners[name], self._accept_scopes[name] = listener, scope
 
@@ -363,7 +399,22 @@ class ProxyProcess:
                 self.ticket_keys.rotate()
                 log.info("session ticket keys rotated")
 
-    async def _signals(self, signals: trio.abc.ReceiveChannel[int]) -> None:
+    def _apply_limits(self) -> None:
+        """Limits of the current settings (a reload may change them for new connections)."""
+        limits = self.settings.limits
+        self.tracker.limit = limits.max_connections
+        self.tracker.per_client_limit = limits.max_connections_per_client
+        self.handshake_slots.total_tokens = limits.max_concurrent_handshakes
+        for name, listener in self._listeners.items():
+            listener.limit = self._listener_limit(name)
+
+    def _listener_limit(self, name: str) -> int:
+        for item in self.settings.listeners:
+            if item.name == name:
+                return item.max_connections
+        return 0
+
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 self.reload()
@@ -377,11 +428,11 @@ class ProxyProcess:
         systemd.notify_reloading("reloading configuration")
         try:
             settings = self._load_next()
-            self._reload_key_file(settings)
-            new_shape = listener_shape(settings)
+            keys = self._next_keyring(settings)
+            names = [item.name for item in settings.listeners] if self.can_bind else None
+            generation = self._build(settings, keys, names)
             if self.can_bind:
-                self._rebind(settings, new_shape)
-            generation = self._build(settings)
+                self._rebind(settings)
         except RELOAD_ERRORS as exc:
             log.error("configuration reload rejected; the running configuration stays: %s", exc)
             metrics.config_reloaded(False)
@@ -389,29 +440,34 @@ class ProxyProcess:
             return False
         for warning in settings.warnings:
             log.warning("configuration: %s", warning)
-        self.settings = settings
+        self.settings, self.ticket_keys = settings, keys
         self._install(generation)
+        self._apply_limits()
         metrics.config_reloaded(True)
         log.info("configuration reloaded")
         systemd.notify_ready(self.status())
         return True
 
-    def _reload_key_file(self, settings: Settings) -> None:
-        """A configured key file is re-read on reload (keys rotated by an operator)."""
-        from proxy.tlsconfig import make_keyring
+    def _next_keyring(self, settings: Settings) -> TicketKeyring | None:
+        """A configured key file is re-read on reload (keys rotated by an operator);
+        generated keys carry over so tickets issued before the reload still resume."""
+        from proxy.tlsconfig import make_keyring, tickets_enabled
 
+        if not tickets_enabled(settings):
+            return None
         if settings.tls.tickets.key_file is not None or self.ticket_keys is None:
-            self.ticket_keys = make_keyring(settings)
+            return make_keyring(settings)
+        return self.ticket_keys
 
     def _load_next(self) -> Settings:
         if self.config_path is None:
             return embedded_default(self.settings.global_.state_dir)
         return reload_settings(self.config_path, self.settings)
 
-    def _rebind(self, settings: Settings, new_shape: dict[str, tuple[str, ...]]) -> None:
+    def _rebind(self, settings: Settings) -> None:
         """Bind listeners that are new or moved (before swapping: a failure rejects the
         reload); close the ones that went away or moved."""
-        old_shape = listener_shape(self.settings)
+        old_shape, new_shape = listener_shape(self.settings), listener_shape(settings)
         changed = [n for n in new_shape if old_shape.get(n) != new_shape[n]]
         fresh = bind_listeners(
             Settings(listeners=tuple(s for s in settings.listeners if s.name in changed))

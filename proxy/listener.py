@@ -25,36 +25,69 @@ BACKOFF = 0.1
 
 
 class ConnectionTracker:
-    """Counts live connections across all listeners and enforces the limit."""
+    """Counts live connections per process, per listener and per client address, and
+    enforces the limits (0 = no limit for the per-listener and per-client ones)."""
 
-    def __init__(self, limit: int, on_refused: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        on_refused: Callable[[str, str], None] | None = None,
+        per_client_limit: int = 0,
+    ) -> None:
         self.limit = limit
+        self.per_client_limit = per_client_limit
         self.active = 0
         self.refused = 0
         self.accepted = 0
         self.on_refused = on_refused
+        self.by_listener: dict[str, int] = {}
+        self.by_client: dict[str, int] = {}
         self._idle = trio.Event()
         self._idle.set()
 
-    def try_acquire(self, listener: str) -> bool:
+    def refusal(self, listener: str, client: str, listener_limit: int = 0) -> str | None:
+        """Which limit a new connection would exceed, or None if it may proceed."""
         if self.limit and self.active >= self.limit:
+            return "max_connections"
+        if listener_limit and self.by_listener.get(listener, 0) >= listener_limit:
+            return "listener_max_connections"
+        if self.per_client_limit and self.by_client.get(client, 0) >= self.per_client_limit:
+            return "max_connections_per_client"
+        return None
+
+    def try_acquire(self, listener: str, client: str = "", listener_limit: int = 0) -> bool:
+        reason = self.refusal(listener, client, listener_limit)
+        if reason is not None:
             self.refused += 1
             if self.on_refused is not None:
-                self.on_refused(listener)
+                self.on_refused(listener, reason)
             return False
         self.active += 1
         self.accepted += 1
+        self.by_listener[listener] = self.by_listener.get(listener, 0) + 1
+        self.by_client[client] = self.by_client.get(client, 0) + 1
         if self._idle.is_set():
             self._idle = trio.Event()
         return True
 
-    def release(self) -> None:
+    def release(self, listener: str, client: str = "") -> None:
         self.active -= 1
+        _decrement(self.by_listener, listener)
+        _decrement(self.by_client, client)
         if self.active == 0:
             self._idle.set()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    """Drop keys that reach zero so per-client counts do not grow without bound."""
+    remaining = counts.get(key, 0) - 1
+    if remaining > 0:
+        counts[key] = remaining
+    else:
+        counts.pop(key, None)
 
 
 RuntimeGetter = Callable[[], ListenerRuntime]
@@ -69,14 +102,17 @@ class Listener:
         sockets: Sequence[trio.socket.SocketType],
         runtime: RuntimeGetter,
         tracker: ConnectionTracker,
+        limit: int = 0,
     ) -> None:
         self.name = name
         self.sockets = list(sockets)
         self.runtime = runtime
         self.tracker = tracker
+        self.limit = limit
 
     def addresses(self) -> list[tuple[str, int]]:
-        return [tuple(s.getsockname()[:2]) for s in self.sockets]  # type: ignore[misc]
+        names = [s.getsockname() for s in self.sockets]
+        return [(str(name[0]), int(name[1])) for name in names]
 
     async def serve(self, connections: trio.Nursery) -> None:
         """Run every socket's accept loop until cancelled; closes the sockets at the end."""
@@ -91,7 +127,7 @@ class Listener:
     async def _accept_loop(self, sock: trio.socket.SocketType, connections: trio.Nursery) -> None:
         while True:
             try:
-                conn, _ = await sock.accept()
+                conn, peer = await sock.accept()
             except OSError as exc:
                 if exc.errno in RESOURCE_ERRNOS:
                     log.error("listener %s: accept failed (%s); backing off", self.name, exc)
@@ -100,17 +136,18 @@ class Listener:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
                     continue
                 raise
-            if not self.tracker.try_acquire(self.name):
+            client = str(peer[0]) if isinstance(peer, tuple) else ""
+            if not self.tracker.try_acquire(self.name, client, self.limit):
                 _refuse(conn)
                 continue
             _tune(conn)
-            connections.start_soon(self._run, trio.SocketStream(conn))
+            connections.start_soon(self._run, trio.SocketStream(conn), client)
 
-    async def _run(self, stream: trio.SocketStream) -> None:
+    async def _run(self, stream: trio.SocketStream, client: str) -> None:
         try:
             await handle_connection(stream, self.runtime())
         finally:
-            self.tracker.release()
+            self.tracker.release(self.name, client)
 
 
 def _tune(conn: trio.socket.SocketType) -> None:

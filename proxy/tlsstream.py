@@ -113,7 +113,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
             self._eof, self.clean_close = True, False
             raise TLSTruncated(f"transport failed: {exc}") from exc
         try:
-            happened = self.connection.receive_data(data)
+            happened = self.connection.receive_data(bytes(data))
         except TLSError as exc:
             self._eof = True
             if not data and not getattr(exc, "sent_by_peer", False):

@@ -275,7 +275,7 @@ def test_thousand_concurrent_connections_every_byte_checked(site: Site, processe
                 site,
                 routes,
                 pool("p", [echo.port]),
-                limits="max_connections = 2000",
+                limits="max_connections = 2000\nmax_connections_per_client = 0",
                 handshake_timeout=60.0,
             ),
             processes,
