@@ -16,12 +16,13 @@ from engine_helpers import MiniClient, plaintext_record, store_for
 from tls13 import events
 from tls13 import extensions as ext
 from tls13.alerts import AlertDescription, TLSError
+from tls13.certificates import CertificateChain, CertificateStore
 from tls13.config import Limits, ServerConfig
 from tls13.connection import ConnectionStateError
 from tls13.extensions import ExtensionType
 from tls13.groups import BY_NAME as GROUPS
 from tls13.groups import GROUPS as GROUP_TABLE
-from tls13.messages import EncryptedExtensions, KeyUpdate, NewSessionTicket
+from tls13.messages import Certificate, EncryptedExtensions, KeyUpdate, NewSessionTicket
 from tls13.record import RecordLayer
 from tls13.server import ServerConnection
 from tls13.suites import SUITES
@@ -642,3 +643,20 @@ def test_skips_early_data_after_hello_retry(make_config: Callable[..., ServerCon
     done = conn.receive_data(client.handle_server_hello(conn.data_to_send()))
     info = done[0]
     assert isinstance(info, events.HandshakeComplete) and info.hello_retry
+
+
+def test_ocsp_staple_in_leaf_entry(pki: tuple[Issued, Issued]) -> None:
+    ca, leaf = pki
+    staple = b"\x30\x03\x0a\x01\x00"  # an OCSPResponse DER (status successful, no body)
+    chain = CertificateChain.from_pem(leaf.cert_pem() + ca.cert_pem(), leaf.key_pem(), staple)
+    conn = ServerConnection(ServerConfig(certificates=CertificateStore([chain])))
+    asking = MiniClient(
+        extra_extensions=[(ExtensionType.status_request, ext.encode_status_request_ocsp())]
+    )
+    handshake(conn, asking)
+    certificate = Certificate.parse(asking.messages[1][1][4:])
+    assert certificate.certificate_list[0].ocsp_response() == staple
+    assert certificate.certificate_list[1].ocsp_response() is None
+    silent = MiniClient()
+    handshake(ServerConnection(ServerConfig(certificates=CertificateStore([chain]))), silent)
+    assert Certificate.parse(silent.messages[1][1][4:]).certificate_list[0].ocsp_response() is None
