@@ -660,3 +660,14 @@ def test_ocsp_staple_in_leaf_entry(pki: tuple[Issued, Issued]) -> None:
     silent = MiniClient()
     handshake(ServerConnection(ServerConfig(certificates=CertificateStore([chain]))), silent)
     assert Certificate.parse(silent.messages[1][1][4:]).certificate_list[0].ocsp_response() is None
+
+
+def test_record_padding_hides_lengths(make_config: Callable[..., ServerConfig]) -> None:
+    conn = ServerConnection(make_config(record_padding=256))
+    client = MiniClient()
+    handshake(conn, client)
+    for size in (1, 100, 255):
+        conn.send_data(bytes(size))
+        record = conn.data_to_send()
+        assert len(record) == 5 + 256 + 16  # header + padded inner plaintext + tag
+        assert client.read_records(record) == [(23, bytes(size))]
