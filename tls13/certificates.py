@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.x509 import DNSName, IPAddress
+from cryptography.x509 import DNSName, IPAddress, ocsp
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -80,6 +81,9 @@ class CertificateChain:
     key_kind: str | None = field(init=False)
     #: signature_algorithms_cert code points matching each certificate's signature.
     signature_schemes: tuple[tuple[int, ...], ...] = field(init=False)
+    #: When the OCSP response stops being stapleable (its nextUpdate, epoch seconds);
+    #: None when there is no usable response, +inf when it names no nextUpdate.
+    ocsp_valid_until: float | None = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.certificates:
@@ -107,6 +111,19 @@ class CertificateChain:
                 for c in self.certificates
             ),
         )
+        set_(self, "ocsp_valid_until", _ocsp_valid_until(self.ocsp_response, leaf))
+
+    def ocsp_staple(self, now: float) -> bytes | None:
+        """The OCSP response to staple at ``now`` (epoch seconds), or None.
+
+        RFC 6960 §4.2.2.1: past nextUpdate a response says nothing about the
+        certificate any more, and clients that check it reject the handshake, so
+        a stale (or unusable) response is not sent at all.
+        """
+        until = self.ocsp_valid_until
+        if until is None or now > until:
+            return None
+        return self.ocsp_response
 
     @classmethod
     def from_pem(
@@ -153,6 +170,26 @@ class CertificateChain:
             if not allowed.intersection(codes):
                 return False
         return True
+
+
+def _ocsp_valid_until(response: bytes | None, leaf: x509.Certificate) -> float | None:
+    """Parse a configured OCSP response once: until when it may be stapled.
+
+    Only a successful response about ``leaf`` (same serial number) is usable;
+    anything else is never sent (None).
+    """
+    if not response:
+        return None
+    try:
+        parsed = ocsp.load_der_ocsp_response(response)
+        if parsed.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+            return None
+        if parsed.serial_number != leaf.serial_number:
+            return None
+        next_update = parsed.next_update_utc
+    except ValueError:
+        return None
+    return next_update.timestamp() if next_update is not None else math.inf
 
 
 class CertificateStore:

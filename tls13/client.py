@@ -507,11 +507,11 @@ class ClientConnection(Connection):
     def _drop_write_protection(self) -> None:
         """Return our write side to plaintext records (ClientHello2 after 0-RTT keys).
 
-        RecordLayer offers no public way back to plaintext, the one case in
-        TLS 1.3 that needs it; until it does, reset its write direction here.
+        Anything queued under the early keys is flushed first, so only the
+        records that follow go out unprotected.
         """
         self._flush_handshake()
-        self._record._write = None
+        self._record.clear_write_key()
 
     def _reject_early_data(self) -> None:
         """0-RTT was declined: stop sending it and tell the user to resend (§4.2.10)."""

@@ -132,6 +132,15 @@ class RecordLayer:
         """Protect outgoing records with ``secret`` from the next record on (seq = 0)."""
         self._write = _Direction(suite, secret)
 
+    def clear_write_key(self) -> None:
+        """Write unprotected records again from the next record on.
+
+        TLS 1.3 needs this once: a client that sent 0-RTT data under the early
+        keys and then gets a HelloRetryRequest sends ClientHello2 in the clear
+        (RFC 8446 §4.1.4, §4.2.10).  Callers must flush what the old key covers first.
+        """
+        self._write = None
+
     @property
     def read_protected(self) -> bool:
         return self._read is not None
