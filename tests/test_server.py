@@ -671,3 +671,14 @@ def test_record_padding_hides_lengths(make_config: Callable[..., ServerConfig]) 
         record = conn.data_to_send()
         assert len(record) == 5 + 256 + 16  # header + padded inner plaintext + tag
         assert client.read_records(record) == [(23, bytes(size))]
+
+
+def test_public_api_exports_resolve() -> None:
+    import tls13
+
+    for name in tls13.__all__:
+        assert getattr(tls13, name) is not None, name
+    assert tls13.ServerConnection is ServerConnection
+    assert issubclass(tls13.ConnectionStateError, tls13.TLSError)
+    with pytest.raises(AttributeError):
+        tls13.NotAThing  # noqa: B018
