@@ -91,6 +91,7 @@ class ConnectionRecord:
     detail: str = ""
     alert: str = ""
     alert_by_peer: bool = False
+    tickets_issued: int = 0
 
     def finish(self, outcome: str, detail: str = "") -> None:
         """Keep the first meaningful outcome: later cleanup must not overwrite the cause."""
@@ -188,16 +189,19 @@ async def _serve(
     established = await _establish(transport, runtime, record)
     if established is None:
         return
-    async with established.stream as client:
-        route = _route(runtime.routes, established.info, record)
-        if route is None:
-            return
-        lease = await _connect_backend(route, runtime, record, established)
-        if lease is None:
-            return
-        with leased(lease):
-            async with lease.stream as backend:
-                await _relay(client, backend, established, runtime, record, lease)
+    try:
+        async with established.stream as client:
+            route = _route(runtime.routes, established.info, record)
+            if route is None:
+                return
+            lease = await _connect_backend(route, runtime, record, established)
+            if lease is None:
+                return
+            with leased(lease):
+                async with lease.stream as backend:
+                    await _relay(client, backend, established, runtime, record, lease)
+    finally:
+        record.tickets_issued = getattr(established.stream, "tickets_issued", 0)
 
 
 def _route(routes: RouteTable, info: SessionInfo, record: ConnectionRecord) -> Route | None:

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -41,9 +40,15 @@ from proxy.settings import (
     embedded_default,
     reload_settings,
 )
-
-if TYPE_CHECKING:
-    from tls13 import TicketKeyring
+from proxy.tlsconfig import (
+    TLSTerminator,
+    build_server_config,
+    generated_keys_enabled,
+    load_chains,
+    make_keyring,
+    tickets_enabled,
+)
+from tls13 import TicketKeyring
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +138,8 @@ class DaemonObserver:
             self.access_log.write(access_record(record))
 
     def _account(self, accounting: metrics.ConnectionMetrics, record: ConnectionRecord) -> None:
+        if record.tickets_issued:
+            accounting.ticket_issued(record.tickets_issued)
         accounting.add_received(record.bytes_from_client)
         accounting.add_sent(record.bytes_to_client)
         if record.outcome == "handshake_timeout":
@@ -215,22 +222,18 @@ def build_generation(
     handshake_slots: trio.CapacityLimiter | None = None,
 ) -> Generation:
     """Build (and validate by building) a generation; raises on unreadable keys etc."""
-    from proxy.tlsconfig import (
-        TLSTerminator,
-        build_server_config,  # the engine is needed only here
-    )
-
     pools = {p.name: pool_from_settings(p, in_process) for p in settings.backends}
     for pool in pools.values():
         for server in pool.servers:
             metrics.declare_backend(pool.name, str(server.address))
+    chains = load_chains(settings)
     timeouts = Timeouts(settings.limits.handshake_timeout, settings.limits.idle_timeout)
     runtimes: dict[str, ListenerRuntime] = {}
     for listener in settings.listeners:
         if listener_names is not None and listener.name not in listener_names:
             continue
         table = table_for_listener(settings, listener)
-        config = build_server_config(settings, listener, ticket_keys, table)
+        config = build_server_config(settings, listener, ticket_keys, table, chains)
         terminator = TLSTerminator(config)
         runtimes[listener.name] = ListenerRuntime(
             listener.name,
@@ -248,6 +251,9 @@ def build_generation(
         for p in settings.backends
         if p.health.enabled
     ]
+    metrics.set_certificates(
+        {name: metrics.certificate_times(chain.leaf) for name, chain in chains.items()}
+    )
     return Generation(settings, pools, runtimes, health)
 
 
@@ -391,8 +397,6 @@ class ProxyProcess:
 
     async def _rotate_ticket_keys(self) -> None:
         """Generated keys rotate on schedule; the previous key still opens older tickets."""
-        from proxy.tlsconfig import generated_keys_enabled
-
         while True:
             await trio.sleep(self.settings.tls.tickets.rotation_interval)
             if self.ticket_keys is not None and generated_keys_enabled(self.settings):
@@ -451,8 +455,6 @@ class ProxyProcess:
     def _next_keyring(self, settings: Settings) -> TicketKeyring | None:
         """A configured key file is re-read on reload (keys rotated by an operator);
         generated keys carry over so tickets issued before the reload still resume."""
-        from proxy.tlsconfig import make_keyring, tickets_enabled
-
         if not tickets_enabled(settings):
             return None
         if settings.tls.tickets.key_file is not None or self.ticket_keys is None:
@@ -503,8 +505,6 @@ def make_access_log(settings: Settings) -> AccessLog | None:
 
 def run(settings: Settings, config_path: Path | None) -> int:
     """Run the daemon until told to stop; returns the process exit status."""
-    from proxy.tlsconfig import make_keyring
-
     configure_logging(settings.global_.log_format, settings.global_.log_level)
     for warning in settings.warnings:
         log.warning("configuration: %s", warning)

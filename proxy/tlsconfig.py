@@ -68,10 +68,22 @@ def load_chain(cert: CertificateSettings, state_dir: Path) -> CertificateChain:
         raise TLSConfigError(f"certificate {cert.name} ({chain_path}): {exc}") from exc
 
 
-def load_store(settings: Settings, listener: ListenerSettings) -> CertificateStore:
+def load_chains(settings: Settings) -> dict[str, CertificateChain]:
+    """Every configured certificate by name, each file read once per (re)load."""
+    state_dir = settings.global_.state_dir
+    return {cert.name: load_chain(cert, state_dir) for cert in settings.certificates}
+
+
+def load_store(
+    settings: Settings,
+    listener: ListenerSettings,
+    loaded: dict[str, CertificateChain] | None = None,
+) -> CertificateStore:
     """The listener's certificates, its default first."""
+    state_dir = settings.global_.state_dir
     chains = [
-        load_chain(c, settings.global_.state_dir) for c in settings.certificates_for(listener)
+        loaded[c.name] if loaded is not None and c.name in loaded else load_chain(c, state_dir)
+        for c in settings.certificates_for(listener)
     ]
     if not chains:
         raise TLSConfigError(f"listener {listener.name}: no certificate")
@@ -112,10 +124,14 @@ def build_server_config(
     listener: ListenerSettings,
     ticket_keys: TicketKeyring | None = None,
     routes: RouteTable | None = None,
+    chains: dict[str, CertificateChain] | None = None,
 ) -> ServerConfig:
-    """The listener's ``ServerConfig``, with per-name variants for route TLS differences."""
+    """The listener's ``ServerConfig``, with per-name variants for route TLS differences.
+
+    ``chains`` are certificates already loaded by ``load_chains`` (else read here).
+    """
     table = routes if routes is not None else table_for_listener(settings, listener)
-    base = _base_config(settings, listener, ticket_keys, table)
+    base = _base_config(settings, listener, ticket_keys, table, chains)
     variants = {route.name: _route_variant(base, route) for route in _all_routes(table)}
 
     def config_for_name(server_name: str | None) -> ServerConfig | None:
@@ -140,6 +156,7 @@ def _base_config(
     listener: ListenerSettings,
     ticket_keys: TicketKeyring | None,
     table: RouteTable,
+    chains: dict[str, CertificateChain] | None,
 ) -> ServerConfig:
     tls: TLSSettings = listener.tls
     tickets_on = tls.tickets.enabled and ticket_keys is not None
@@ -147,7 +164,7 @@ def _base_config(
     if tls.signature_schemes:
         optional["signature_schemes"] = _codes(tls.signature_schemes, SCHEMES_BY_NAME)
     return ServerConfig(
-        certificates=load_store(settings, listener),
+        certificates=load_store(settings, listener, chains),
         cipher_suites=_codes(tls.cipher_suites, SUITES_BY_NAME),
         groups=_codes(tls.groups, GROUPS_BY_NAME),
         alpn_protocols=tls.alpn or table.alpn_protocols(),

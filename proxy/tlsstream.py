@@ -64,6 +64,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self.bytes_received = 0
         self.bytes_sent = 0
         self.clean_close: bool | None = None
+        self.tickets_issued = 0
         self._incoming = bytearray()
         self._eof = False
         self._send_lock = trio.Lock()
@@ -146,6 +147,8 @@ class TLSStream(trio.abc.HalfCloseableStream):
                 self.client_hello = event
                 if self.on_client_hello is not None:
                     self.on_client_hello(event)
+            elif isinstance(event, events.SessionTicketIssued):
+                self.tickets_issued += 1
             elif isinstance(event, events.ConnectionClosed):
                 self._eof, self.clean_close = True, event.clean
 
