@@ -134,3 +134,36 @@ def test_openssl_client_certificate(pki: dict[str, Issued], tmp_path: Path) -> N
     assert record.error is None and record.info is not None
     assert record.info.client_identity is not None
     assert record.info.client_identity.names == ("alice.example",)
+
+
+def _auth_on_request(conn: ServerConnection, event: events.Event) -> None:
+    """Echo, and ask for a client certificate when the client says "auth"."""
+    if isinstance(event, events.ApplicationData):
+        if event.data.strip() == b"auth":
+            conn.request_client_certificate()
+        conn.send_data(event.data)
+    elif isinstance(event, events.ClientCertificateReceived):
+        conn.send_data(b"authenticated\n")
+    elif isinstance(event, events.ConnectionClosed):
+        conn.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+@pytest.mark.timeout(60)
+def test_openssl_post_handshake_auth(pki: dict[str, Issued], tmp_path: Path) -> None:
+    crt, key = write_pair(tmp_path, "alice", pki["client"])
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(pki["ca"].cert_pem())
+    config = server_config(pki)  # no CertificateRequest during the handshake
+    with EngineServer(config, behaviour=_auth_on_request) as server:
+        argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-tls1_3"]
+        argv += ["-servername", "localhost", "-CAfile", str(ca_file), "-brief", "-enable_pha"]
+        argv += ["-cert", str(crt), "-key", str(key)]
+        run = run_client(argv, [b"auth\n", b"after\n"], wait_for=None)
+        (record,) = server.wait_for(1)
+    assert "authenticated" in run.stdout and "after" in run.stdout
+    assert record.error is None and record.info is not None
+    assert record.info.client_identity is None
+    received = [e for e in record.events if isinstance(e, events.ClientCertificateReceived)]
+    assert len(received) == 1 and received[0].identity is not None
+    assert received[0].identity.names == ("alice.example",)
