@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench_targets import BENCH_DIR, pinned, raise_nofile_limit
 
@@ -259,7 +260,7 @@ def probe_resumption(port: int) -> tuple[bool, bool]:
     context.verify_mode = ssl.CERT_NONE
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     session = None
-    reused = []
+    reused: list[bool] = []
     for _ in range(2):
         with socket.create_connection((HOST, port), timeout=10) as raw:
             with context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
@@ -269,7 +270,7 @@ def probe_resumption(port: int) -> tuple[bool, bool]:
                         pass
                 except (ssl.SSLError, OSError):
                     pass  # the response is all we wanted; how it ended is not probed here
-                reused.append(tls.session_reused)
+                reused.append(bool(tls.session_reused))
                 session = tls.session
     return reused[0], reused[1]
 
@@ -321,16 +322,7 @@ class HeldConnections:
         for proc in started:
             assert proc.stdout is not None
             line = _readline_before(proc, deadline)
-            report = (
-                json.loads(line)
-                if line
-                else {
-                    "established": 0,
-                    "failed": 0,
-                    "unfinished": 0,
-                    "errors": {"holder gave no report": 1},
-                }
-            )
+            report = _holder_report(line)
             self.established += report["established"]
             self.failed += report["failed"]
             self.unfinished += report["unfinished"]
@@ -348,6 +340,22 @@ class HeldConnections:
                 proc.kill()
                 proc.wait(5)
         self.procs.clear()
+
+
+def _holder_report(line: str) -> dict[str, Any]:
+    """The JSON a hold_conns.py process printed, or a report of its failure to print one."""
+    try:
+        report = json.loads(line)
+    except json.JSONDecodeError:
+        report = None
+    if isinstance(report, dict) and {"established", "failed", "unfinished"} <= report.keys():
+        return report
+    return {
+        "established": 0,
+        "failed": 0,
+        "unfinished": 0,
+        "errors": {f"holder gave no report: {line[:80]!r}": 1},
+    }
 
 
 def _readline_before(proc: subprocess.Popen[bytes], deadline: float) -> str:

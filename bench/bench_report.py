@@ -107,9 +107,10 @@ def targets_table(results: list[TargetResult]) -> list[str]:
             f"| {result.name} | {result.description} | {result.processes or '–'} | "
             f"{negotiated} | {result.resumption_probe or '–'} | {status} |"
         )
-    errors = [r for r in results if r.error and len(r.error.splitlines()) > 1]
-    for result in errors:
-        lines += ["", f"{result.name}: ```", *result.error.splitlines()[:12], "```"]
+    for result in results:
+        details = (result.error or "").splitlines()[1:13]
+        if details:
+            lines += ["", f"{result.name}, last output:", "", "```", *details, "```"]
     return lines + [""]
 
 
@@ -229,23 +230,19 @@ def ratio_table(results: list[TargetResult]) -> list[str]:
             else:
                 cells += ["–", "–"]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
-    mem_cells = []
+    memory = []
     for reference in references:
         ours_mem, theirs_mem = subject.memory[-1:], reference.memory[-1:]
         if ours_mem and theirs_mem and float(theirs_mem[0]["per_connection"]) > 0:
-            mem_cells += [
-                "",
-                fmt(
-                    float(ours_mem[0]["per_connection"]) / float(theirs_mem[0]["per_connection"]), 2
-                ),
-            ]
-        else:
-            mem_cells += ["", "–"]
-    lines.append(
-        "| Memory per held connection (largest level; CPU column = RSS ratio) | "
-        + " | ".join(mem_cells)
-        + " |"
-    )
+            ratio = float(ours_mem[0]["per_connection"]) / float(theirs_mem[0]["per_connection"])
+            memory.append(f"{fmt(ratio, 2)} × {reference.name}")
+    if memory:
+        lines += [
+            "",
+            f"Memory per held connection (largest level): {subject.name} = "
+            + ", ".join(memory)
+            + ".",
+        ]
     return lines + [""]
 
 
