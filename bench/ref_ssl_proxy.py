@@ -42,7 +42,9 @@ async def pump_to_backend(
             await backend.send_all(data)
         await backend.send_eof()
     except STREAM_ERRORS:
-        return  # the other pump closed the client, or a peer vanished: nothing left to copy
+        # The client vanished (EOF without close_notify, reset) or the other pump closed it:
+        # drop the backend too, which also wakes the other pump if it is still waiting.
+        await trio.aclose_forcefully(backend)
 
 
 async def pump_to_client(
