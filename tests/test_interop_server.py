@@ -324,3 +324,15 @@ def test_openssl_resumption_with_early_data(
     assert second.error is None and second.info is not None
     assert second.info.resumed and second.info.early_data_accepted
     assert events.EarlyData(b"GET /early\n") in second.events
+
+
+@needs_openssl
+@pytest.mark.parametrize("suite", ["TLS_AES_128_CCM_SHA256", "TLS_AES_128_CCM_8_SHA256"])
+def test_openssl_ccm_suites_when_enabled(
+    ca: Issued, leaves: dict[str, Issued], ca_file: Path, suite: str
+) -> None:
+    config = config_for(ca, leaves["p256"], cipher_suites=(0x1301, 0x1304, 0x1305))
+    with EngineServer(config) as server:
+        run = run_client(s_client(server.port, ca_file, "-ciphersuites", suite), [b"ccm\n"])
+        info = only_connection(server)
+    assert "ccm" in run.stdout and info.cipher_suite == suite
