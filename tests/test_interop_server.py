@@ -336,3 +336,17 @@ def test_openssl_ccm_suites_when_enabled(
         run = run_client(s_client(server.port, ca_file, "-ciphersuites", suite), [b"ccm\n"])
         info = only_connection(server)
     assert "ccm" in run.stdout and info.cipher_suite == suite
+
+
+@needs_curl
+def test_curl_over_ipv6_loopback(ca: Issued, ca_file: Path) -> None:
+    leaf = make_leaf(ca, ("localhost", "::1"))
+    config = config_for(ca, leaf, alpn_protocols=("http/1.1",))
+    with EngineServer(config, behaviour=http_behaviour, host="::1") as server:
+        argv = ["curl", "-sS", "--tlsv1.3", "--cacert", str(ca_file), "--max-time", "15"]
+        proc = subprocess.run(
+            [*argv, f"https://[::1]:{server.port}/"], capture_output=True, timeout=30
+        )
+        info = only_connection(server)
+    assert proc.returncode == 0, proc.stderr
+    assert info.server_name is None  # RFC 6066: no SNI for IP literals
