@@ -370,7 +370,7 @@ def test_alpn_without_overlap_is_tolerated(make_config: Callable[..., ServerConf
 # ----------------------------------------------------------------------------- client Finished
 
 
-def test_wrong_client_finished_is_decrypt_error(server: ServerConnection) -> None:
+def test_corrupted_finished_record_is_bad_record_mac(server: ServerConnection) -> None:
     client = MiniClient()
     server.receive_data(client.hello_record())
     answer = bytearray(client.handle_server_hello(server.data_to_send()))
