@@ -303,3 +303,30 @@ def test_units_parse_as_ini() -> None:
         parser.optionxform = str  # type: ignore[assignment,method-assign]
         parser.read_string((DEPLOY / name).read_text())
         assert "Unit" in parser and "Install" in parser
+
+
+def test_install_guide_refers_to_files_that_exist() -> None:
+    guide = (REPO / "docs" / "install.md").read_text()
+    mentioned = set(
+        re.findall(
+            r"\b((?:deploy|config|docs)/[\w./-]+\.(?:service|socket|sysusers|tmpfiles|toml|md))",
+            guide,
+        )
+    )
+    assert {"deploy/tls13-proxy.service", "deploy/tls13-proxy.socket"} <= mentioned
+    missing = sorted(path for path in mentioned if not (REPO / path).exists())
+    assert not missing, missing
+
+
+def test_install_guide_matches_the_units() -> None:
+    guide = (REPO / "docs" / "install.md").read_text()
+    service = read_unit("tls13-proxy.service")["Service"]
+    for command in (*service["ExecStartPre"], *service["ExecStart"]):
+        binary, _, arguments = command.partition(" ")
+        assert binary == INSTALLED_BINARY and f"{binary} {arguments}".split()[1] in ("check", "run")
+    assert INSTALLED_BINARY.rsplit("/bin/", 1)[0] in guide  # the venv the guide creates
+    assert (
+        f'addresses = ["systemd:{read_unit("tls13-proxy.socket")["Socket"]["FileDescriptorName"][0]}"]'
+        in guide
+    )
+    assert f"`WatchdogSec={service['WatchdogSec'][0]}` in the unit" in guide
