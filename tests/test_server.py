@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 from certs import Issued, make_ca, make_leaf
@@ -682,3 +683,17 @@ def test_public_api_exports_resolve() -> None:
     assert issubclass(tls13.ConnectionStateError, tls13.TLSError)
     with pytest.raises(AttributeError):
         tls13.NotAThing  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("group", "share"),
+    [(X25519, bytes(32)), (P256, b"\x04" + bytes(64)), (P256, b"\x02" + bytes(32))],
+    ids=["x25519-zero", "p256-not-on-curve", "p256-compressed-length"],
+)
+def test_invalid_key_share_is_illegal_parameter(
+    make_config: Callable[..., ServerConfig], group: int, share: bytes
+) -> None:
+    conn = ServerConnection(make_config(groups=(group,)))
+    client = MiniClient(groups=(group,))
+    client.privates = {group: SimpleNamespace(public=share)}  # type: ignore[dict-item]
+    expect_alert(conn, client.hello_record(), AlertDescription.illegal_parameter)
