@@ -1,0 +1,154 @@
+"""Issue 3: 0-RTT with openssl s_client against our ServerConnection.
+
+Accepted when the server allows it (s_client prints "Early data was accepted"
+and the server sees an EarlyData event); rejected, with the handshake still
+completing, when it does not; and a replay of a real client's recorded
+ClientHello + early data is refused (RFC 8446 §8.2).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from engine_helpers import EngineServer, run_client, split_records, store_for
+from interop_helpers import Pki, RecordingRelay, make_pki, s_client, send_raw
+
+from tls13 import events
+from tls13.config import ServerConfig
+from tls13.record import APPLICATION_DATA, HANDSHAKE
+from tls13.tickets import TicketKeyring
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed"),
+]
+
+EARLY = b"GET /zero-rtt\n"
+MAX_EARLY = 16384
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("zero-rtt-pki"))
+
+
+@pytest.fixture
+def early_file(tmp_path: Path) -> Path:
+    path = tmp_path / "early.txt"
+    path.write_bytes(EARLY)
+    return path
+
+
+def config_for(pki: Pki, keyring: TicketKeyring, max_early_data: int) -> ServerConfig:
+    store = store_for([(pki.server_chain.read_bytes(), pki.server_key.read_bytes())])
+    return ServerConfig(certificates=store, ticket_keys=keyring, max_early_data=max_early_data)
+
+
+@pytest.fixture
+def zero_rtt_server(pki: Pki) -> Iterator[EngineServer]:
+    with EngineServer(config_for(pki, TicketKeyring.generate(), MAX_EARLY)) as srv:
+        yield srv
+
+
+def store_session(port: int, pki: Pki, session: Path) -> None:
+    run = run_client(s_client(port, pki.ca_file, "-sess_out", str(session)), [b"one\n"])
+    assert "Max Early Data: 16384" in run.stdout  # the ticket allows 0-RTT
+    assert session.stat().st_size > 0
+
+
+def early_data_run(port: int, pki: Pki, session: Path, early: Path) -> str:
+    argv = s_client(port, pki.ca_file, "-sess_in", str(session), "-early_data", str(early))
+    run = run_client(argv, [b"late\n"])
+    assert "late" in run.stdout
+    return run.stdout
+
+
+def early_data_of(record_events: list[events.Event]) -> bytes:
+    return b"".join(e.data for e in record_events if isinstance(e, events.EarlyData))
+
+
+def test_early_data_accepted(
+    zero_rtt_server: EngineServer, pki: Pki, tmp_path: Path, early_file: Path
+) -> None:
+    session = tmp_path / "session.pem"
+    store_session(zero_rtt_server.port, pki, session)
+    stdout = early_data_run(zero_rtt_server.port, pki, session, early_file)
+    assert "Reused, TLSv1.3" in stdout and "Early data was accepted" in stdout
+    _, second = zero_rtt_server.wait_for(2)
+    assert second.error is None and second.info is not None
+    assert second.info.resumed and second.info.early_data_accepted
+    assert early_data_of(second.events) == EARLY
+    # 0-RTT data comes before the handshake completes, 1-RTT data after it.
+    kinds = [type(e) for e in second.events]
+    assert kinds.index(events.EarlyData) < kinds.index(events.HandshakeComplete)
+    assert bytes(second.received) == b"late\n"
+
+
+def test_early_data_rejected_when_zero_rtt_is_off(
+    pki: Pki, tmp_path: Path, early_file: Path
+) -> None:
+    # Same ticket keys, but the serving configuration has 0-RTT off (max_early_data 0),
+    # as after a configuration change: the ticket still resumes, 0-RTT is declined.
+    keyring = TicketKeyring.generate()
+    session = tmp_path / "session.pem"
+    with EngineServer(config_for(pki, keyring, MAX_EARLY)) as issuer:
+        store_session(issuer.port, pki, session)
+    with EngineServer(config_for(pki, keyring, 0)) as server:
+        stdout = early_data_run(server.port, pki, session, early_file)
+        (record,) = server.wait_for(1)
+    assert "Early data was rejected" in stdout and "Reused, TLSv1.3" in stdout
+    assert record.error is None and record.info is not None
+    assert record.info.resumed and not record.info.early_data_accepted
+    assert early_data_of(record.events) == b""
+    assert bytes(record.received) == b"late\n"  # the handshake completed; 1-RTT data flows
+
+
+def test_early_data_not_offered_for_a_ticket_without_it(
+    pki: Pki, tmp_path: Path, early_file: Path
+) -> None:
+    # A server with 0-RTT off issues tickets without the early_data extension (§4.6.1),
+    # so s_client does not even try.
+    with EngineServer(config_for(pki, TicketKeyring.generate(), 0)) as server:
+        session = tmp_path / "session.pem"
+        run = run_client(s_client(server.port, pki.ca_file, "-sess_out", str(session)), [b"x\n"])
+        assert "Max Early Data: 0" in run.stdout
+        stdout = early_data_run(server.port, pki, session, early_file)
+        _, second = server.wait_for(2)
+    assert "Early data was not sent" in stdout
+    assert second.info is not None and second.info.resumed
+    assert not any(
+        isinstance(e, events.ClientHelloReceived) and e.offered_early_data for e in second.events
+    )
+
+
+def test_replayed_client_hello_and_early_data_are_refused(
+    zero_rtt_server: EngineServer, pki: Pki, tmp_path: Path, early_file: Path
+) -> None:
+    session = tmp_path / "session.pem"
+    store_session(zero_rtt_server.port, pki, session)
+    with RecordingRelay(zero_rtt_server.port) as relay:
+        stdout = early_data_run(relay.port, pki, session, early_file)
+    assert "Early data was accepted" in stdout
+    # The attacker's copy: everything up to the end of the early data (the records
+    # before the client's second flight: ClientHello, CCS, 0-RTT application data).
+    captured = _first_flight(bytes(relay.from_client))
+    answer = send_raw(zero_rtt_server.port, captured)
+    assert answer  # the server still answers the (valid) ClientHello with 1-RTT keys
+    _, original, replay = zero_rtt_server.wait_for(3)
+    assert early_data_of(original.events) == EARLY
+    assert early_data_of(replay.events) == b""
+    hello = next(e for e in replay.events if isinstance(e, events.ClientHelloReceived))
+    assert hello.offered_early_data
+    assert replay.info is None  # the replayer cannot finish the handshake
+
+
+def _first_flight(stream: bytes) -> bytes:
+    """ClientHello, the compatibility CCS and the first protected record (the early data:
+    s_client sends a short file as one record, before any EndOfEarlyData)."""
+    records = split_records(stream)
+    assert records[0][0] == HANDSHAKE
+    first_protected = next(i for i, r in enumerate(records) if r[0] == APPLICATION_DATA)
+    return b"".join(records[: first_protected + 1])
