@@ -126,11 +126,14 @@ class Supervisor:
         uptime = time.monotonic() - slot.started
         slot.failures = 0 if uptime > STABLE_AFTER else slot.failures + 1
         delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_MIN * (2**slot.failures))
+        how = (
+            f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited ({status})"
+        )
         log.error(
-            "worker %d (pid %d) exited with status %d; restarting in %.1fs",
+            "worker %d (pid %d) %s; restarting in %.1fs",
             slot.index,
             pid,
-            status,
+            how,
             delay if slot.failures else 0.0,
         )
         self.restarts += 1
@@ -318,9 +321,15 @@ async def _control(process: ProxyProcess, stdin: trio.abc.ReceiveStream) -> None
     process.stop()
 
 
-async def worker_async(process: ProxyProcess) -> None:
+async def worker_async(process: ProxyProcess, early_signals: list[int]) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(process.serve)
+        # Signals relayed before our handlers existed (a reload right after a restart).
+        for signum in early_signals:
+            if signum == signal.SIGHUP:
+                process.reload()
+            else:
+                process.stop()
         nursery.start_soon(_control, process, trio.lowlevel.FdStream(os.dup(0)))
         await process.stopped.wait()
         nursery.cancel_scope.cancel()
@@ -331,6 +340,9 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     from proxy.accesslog import configure_logging
 
     argparse.ArgumentParser(prog="proxy.workers").parse_args(argv)
+    early_signals: list[int] = []
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, lambda received, _frame: early_signals.append(received))
     message = json.loads(sys.stdin.buffer.readline())
     settings = _worker_settings(message)
     configure_logging(settings.global_.log_format, settings.global_.log_level)
@@ -343,7 +355,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         access_log=make_access_log(settings),
         drop_to=(settings.global_.user, settings.global_.group),
     )
-    trio.run(worker_async, process)
+    trio.run(worker_async, process, early_signals)
     return 0
 
 

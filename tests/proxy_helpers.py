@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import trio
+from certs import Issued, make_leaf, write_pair
 
 from proxy.connection import ConnectionRecord, Established, SessionInfo
 
@@ -400,3 +401,87 @@ def recv_exactly(sock: socket.socket, expect: int) -> bytes:
             break
         received += chunk
     return bytes(received)
+
+
+# -- configurations for end-to-end tests ---------------------------------------------------
+
+
+@dataclass
+class Site:
+    """A test directory with certificates for a.test, b.test and *.wild.test."""
+
+    root: Path
+    ca: Issued
+    port: int
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca.cert_pem()
+
+
+def make_site(tmp_path: Path, test_ca: Issued) -> Site:
+    """Certificates for a.test and b.test + *.wild.test, and a free port for the proxy."""
+    for stem, names in (("a", ("a.test",)), ("b", ("b.test", "*.wild.test"))):
+        write_pair(tmp_path, stem, make_leaf(test_ca, names), test_ca)
+    return Site(tmp_path, test_ca, free_port())
+
+
+def config_text(
+    site: Site,
+    routes: str,
+    backends: str,
+    extra: str = "",
+    tls: str = 'alpn = ["http/1.1"]',
+    limits: str = "",
+    handshake_timeout: float = 1.0,
+) -> str:
+    return f"""
+[global]
+state_dir = "{site.root / "state"}"
+log_level = "info"
+{extra}
+
+[metrics]
+enabled = false
+
+[limits]
+handshake_timeout = {handshake_timeout}
+idle_timeout = 20.0
+drain_timeout = 3.0
+{limits}
+
+[tls]
+{tls}
+
+[certificates.a]
+chain = "a.crt"
+key = "a.key"
+
+[certificates.b]
+chain = "b.crt"
+key = "b.key"
+
+[listeners.main]
+addresses = ["127.0.0.1:{site.port}"]
+
+{routes}
+
+{backends}
+"""
+
+
+def pool(name: str, ports: list[int], extra: str = "") -> str:
+    servers = toml_list([f"127.0.0.1:{p}" for p in ports])
+    return f"""
+[backends.{name}]
+servers = {servers}
+connect_timeout = 1.0
+health = {{ enabled = false }}
+{extra}
+"""
+
+
+def launch(site: Site, text: str, processes: list[subprocess.Popen[bytes]]) -> Daemon:
+    path = site.root / "proxy.toml"
+    path.write_text(text)
+    return start_daemon(path, site.port, processes)
