@@ -146,9 +146,18 @@ def s_client(port: int, ca_file: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_quick(argv: Sequence[str], stdin: bytes = b"", timeout: float = TIMEOUT) -> str:
-    """Run a client that ends on its own (stdin closed at once); stdout + stderr as text."""
-    proc = subprocess.run(list(argv), input=stdin, capture_output=True, timeout=timeout)
+def run_until_exit(argv: Sequence[str], timeout: float = TIMEOUT) -> str:
+    """Run a client that the server will cut off; stdout + stderr as text.
+
+    Its stdin stays open (but silent) until it exits, so it cannot shut down on
+    stdin EOF before it has read the server's alert.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.run(list(argv), stdin=read_end, capture_output=True, timeout=timeout)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
     return (proc.stdout + proc.stderr).decode(errors="replace")
 
 
