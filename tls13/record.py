@@ -88,6 +88,9 @@ class RecordLayer:
     * ``padding_to`` — pad every protected record to a multiple of this (0 = off).
     * ``plaintext_version`` — legacy_record_version for unprotected records we
       write (0x0303; a client may use 0x0301 for its first ClientHello, §5.1).
+    * ``accept_plaintext_alerts`` — let unprotected alert records through after a
+      read key is installed (a server during the handshake: rfc8446bis Appendix A.1,
+      a client may send alerts about post-ServerHello messages in the clear).
     """
 
     __slots__ = (
@@ -103,6 +106,7 @@ class RecordLayer:
         "read_record_limit",
         "padding_to",
         "plaintext_version",
+        "accept_plaintext_alerts",
     )
 
     def __init__(self, limits: RecordLimits | None = None) -> None:
@@ -121,6 +125,7 @@ class RecordLayer:
         self.read_record_limit = MAX_INNER_PLAINTEXT
         self.padding_to = 0
         self.plaintext_version = _TLS12
+        self.accept_plaintext_alerts = False
 
     # ------------------------------------------------------------------ keys
 
@@ -238,7 +243,8 @@ class RecordLayer:
             # §5.1: handshake and alert fragments (and CCS) must not be empty.
             raise unexpected_message("empty unprotected record")
         if content_type != CHANGE_CIPHER_SPEC:
-            if self._read is not None:
+            plaintext_alert = content_type == ALERT and self.accept_plaintext_alerts
+            if self._read is not None and not plaintext_alert:
                 raise unexpected_message("unprotected record after keys were installed")
             if content_type == APPLICATION_DATA:
                 raise unexpected_message("application data before the handshake")
