@@ -1,0 +1,104 @@
+"""Issue 4: post-handshake client authentication (RFC 8446 §4.6.2) with openssl s_client.
+
+The server asks with request_client_certificate() right after the handshake;
+``s_client -enable_pha`` answers with its certificate (or an empty one), and
+the server tells the client who it now is.  A client that did not offer
+post_handshake_auth is never asked.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from engine_helpers import GREETING, ConnectionRecord, EngineServer, run_client, store_for
+from interop_helpers import Pki, make_pki, run_until_exit, s_client
+
+from tls13 import events
+from tls13.alerts import AlertDescription
+from tls13.config import ServerConfig
+from tls13.connection import ConnectionStateError
+from tls13.server import ServerConnection
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed"),
+]
+
+NOT_OFFERED = b"post-handshake auth not offered\n"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pha-pki"))
+
+
+def config_for(pki: Pki) -> ServerConfig:
+    # No client certificate during the handshake; the CA list is for the later request.
+    store = store_for([(pki.server_chain.read_bytes(), pki.server_key.read_bytes())])
+    return ServerConfig(certificates=store, client_auth="none", client_ca=(pki.ca.cert,))
+
+
+def ask_after_handshake(conn: ServerConnection, event: events.Event) -> None:
+    """Greet, ask for a certificate, then report the identity; echo data meanwhile."""
+    if isinstance(event, events.HandshakeComplete):
+        conn.send_data(GREETING)
+        try:
+            conn.request_client_certificate()
+        except ConnectionStateError:
+            conn.send_data(NOT_OFFERED)
+    elif isinstance(event, events.ClientCertificateReceived):
+        who = ",".join(event.identity.names) if event.identity is not None else "anonymous"
+        conn.send_data(f"authenticated as {who}\n".encode())
+    elif isinstance(event, events.ApplicationData):
+        conn.send_data(event.data)
+    elif isinstance(event, events.ConnectionClosed):
+        conn.close()
+
+
+def received_identity(record: ConnectionRecord) -> events.ClientCertificateReceived:
+    (received,) = [e for e in record.events if isinstance(e, events.ClientCertificateReceived)]
+    return received
+
+
+def test_s_client_answers_with_its_certificate(pki: Pki) -> None:
+    with EngineServer(config_for(pki), behaviour=ask_after_handshake) as server:
+        argv = s_client(server.port, pki.ca_file, "-enable_pha")
+        argv += ["-cert", str(pki.client_cert), "-key", str(pki.client_key)]
+        run = run_client(argv, [b"after\n"], wait_for=b"authenticated as alice.example")
+        (record,) = server.wait_for(1)
+    assert "after" in run.stdout  # the connection carries on after authentication
+    assert record.error is None and record.info is not None
+    assert record.info.client_identity is None  # nobody was authenticated in the handshake
+    identity = received_identity(record).identity
+    assert identity is not None and identity.names == ("alice.example",)
+    assert identity.certificates[0] == pki.client.cert
+    assert bytes(record.received) == b"after\n"
+
+
+def test_s_client_without_certificate_answers_empty(pki: Pki) -> None:
+    with EngineServer(config_for(pki), behaviour=ask_after_handshake) as server:
+        argv = s_client(server.port, pki.ca_file, "-enable_pha")
+        run_client(argv, [b"after\n"], wait_for=b"authenticated as anonymous")
+        (record,) = server.wait_for(1)
+    assert record.error is None
+    assert received_identity(record).identity is None
+
+
+def test_client_that_did_not_offer_is_not_asked(pki: Pki) -> None:
+    with EngineServer(config_for(pki), behaviour=ask_after_handshake) as server:
+        run = run_client(s_client(server.port, pki.ca_file), [b"x\n"], wait_for=NOT_OFFERED.strip())
+        (record,) = server.wait_for(1)
+    assert "x" in run.stdout and record.error is None
+    assert not any(isinstance(e, events.ClientCertificateReceived) for e in record.events)
+
+
+def test_untrusted_certificate_after_the_handshake_is_unknown_ca(pki: Pki) -> None:
+    with EngineServer(config_for(pki), behaviour=ask_after_handshake) as server:
+        argv = s_client(server.port, pki.ca_file, "-enable_pha")
+        argv += ["-cert", str(pki.stranger_cert), "-key", str(pki.stranger_key)]
+        output = run_until_exit(argv)
+        (record,) = server.wait_for(1)
+    assert record.info is not None  # the handshake itself had completed
+    assert record.error is not None and record.error.alert == AlertDescription.unknown_ca
+    assert "alert unknown ca" in output and "SSL alert number 48" in output
