@@ -86,3 +86,21 @@ class TreeSample:
 def sample(root: int) -> TreeSample:
     pids = process_tree(root)
     return TreeSample(cpu_seconds(pids), rss_bytes(pids), len(pids))
+
+
+def core_times(cpu: int) -> tuple[float, float]:
+    """(busy, total) jiffies of one CPU from /proc/stat: all time that was not idle/iowait."""
+    with open("/proc/stat") as stat:
+        for line in stat:
+            if line.startswith(f"cpu{cpu} "):
+                values = [float(v) for v in line.split()[1:]]
+                idle = values[3] + values[4]
+                total = sum(values[:8])  # guest time is already inside user time
+                return total - idle, total
+    raise ValueError(f"cpu{cpu} not in /proc/stat")
+
+
+def core_busy(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """Fraction of the interval a CPU was busy (with anything, not only our processes)."""
+    elapsed = after[1] - before[1]
+    return (after[0] - before[0]) / elapsed if elapsed > 0 else float("nan")

@@ -48,6 +48,17 @@ def cpus(rounds: list[RoundResult]) -> list[float]:
     return [r.cpu_per_unit for r in rounds]
 
 
+def busy(rounds: list[RoundResult]) -> float:
+    """Target CPU seconds per wall second (1.0 = one core fully used): shows whether the
+    target or the load generator was the bottleneck."""
+    return median([r.value * r.cpu_per_unit for r in rounds])
+
+
+def load_busy(rounds: list[RoundResult]) -> float:
+    """How busy the load generators' core was (any process), when it was watched."""
+    return median([float(r.extra.get("load_core_busy", float("nan"))) for r in rounds])
+
+
 def check(metric: str, rounds: list[RoundResult]) -> str:
     """What the client saw, proving the kind of work measured."""
     if metric in ("full_hs", "resumed_hs"):
@@ -87,7 +98,11 @@ def header(plan: Plan, notes: dict[str, str], command: str, elapsed: float) -> l
         "only TLS_AES_128_GCM_SHA256, wrk offers OpenSSL's defaults. \"CPU\" is the target's own "
         "utime+stime (all its processes) divided by the work done: the load generators "
         "saturate first on 2 cores, so CPU per unit is the fairer comparison. Spread = "
-        "(max−min)/median over rounds. MB = 10^6 bytes.",
+        "(max−min)/median over rounds. Target busy = the target's CPU seconds per wall "
+        "second (100% = its one pinned core); load core busy = how busy the load generators' "
+        "core was (with anything, including other work on the machine): target well below "
+        "100% with the load core near 100% means the clients limited the rate. MB = 10^6 "
+        "bytes.",
         "",
     ]
     return lines
@@ -118,21 +133,21 @@ def metrics_table(results: list[TargetResult]) -> list[str]:
     lines = [
         "## Throughput and CPU per unit (medians)",
         "",
-        "| metric | target | rate | spread | target CPU | check |",
-        "|---|---|---|---|---|---|",
+        "| metric | target | rate | spread | target CPU | target busy | load core busy | check |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, title, unit, cpu_label, factor in METRICS:
         for result in results:
             rounds = result.metrics.get(key, [])
             if not rounds:
                 why = "; ".join(result.failures.get(key, [])) or result.error or "not measured"
-                lines.append(f"| {title} | {result.name} | – | – | – | {why.splitlines()[0]} |")
+                lines.append(f"| {title} | {result.name} | – | – | – | – | {why.splitlines()[0]} |")
                 continue
             cpu = median(cpus(rounds)) * factor
             lines.append(
                 f"| {title} | {result.name} | {fmt(median(rates(rounds)))} {unit} | "
                 f"{pct(spread(rates(rounds)))} | {fmt(cpu, 2)} {cpu_label[4:]} | "
-                f"{check(key, rounds)} |"
+                f"{pct(busy(rounds))} | {pct(load_busy(rounds))} | {check(key, rounds)} |"
             )
     return lines + [""]
 
@@ -176,8 +191,9 @@ def scaling_table(results: list[TargetResult]) -> list[str]:
     lines = [
         "## Scaling 1 → 2 workers (full handshakes, unpinned)",
         "",
-        "| target | 1 worker | 2 workers | ×  | CPU ms/hs (1 → 2) |",
-        "|---|---|---|---|---|",
+        "| target | 1 worker | 2 workers | × | CPU ms/hs (1 → 2) | target busy (1 → 2) "
+        "| processes (1 → 2) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for result in results:
         one, two = result.scaling.get("w1", []), result.scaling.get("w2", [])
@@ -189,17 +205,20 @@ def scaling_table(results: list[TargetResult]) -> list[str]:
                 or result.error
                 or "–"
             )
-            lines.append(f"| {result.name} | – | – | – | {why.splitlines()[0]} |")
+            lines.append(f"| {result.name} | – | – | – | {why.splitlines()[0]} | – | – |")
             continue
         r1, r2 = median(rates(one)), median(rates(two))
         lines.append(
             f"| {result.name} | {fmt(r1)}/s | {fmt(r2)}/s | {fmt(r2 / r1, 2)} | "
-            f"{fmt(median(cpus(one)) * 1e3, 2)} → {fmt(median(cpus(two)) * 1e3, 2)} |"
+            f"{fmt(median(cpus(one)) * 1e3, 2)} → {fmt(median(cpus(two)) * 1e3, 2)} | "
+            f"{pct(busy(one))} → {pct(busy(two))} | {one[-1].extra.get('processes', '?')} → {two[-1].extra.get('processes', '?')} |"
         )
     return lines + [
         "",
         "Both cores are shared by target, s_time and backend here, so this "
-        "shows whether a second worker adds capacity, not linear scaling.",
+        "shows whether a second worker adds capacity, not linear scaling. Target busy = "
+        "its CPU seconds per wall second (100% = one core): a 1-worker target well below "
+        "100% was not the bottleneck.",
         "",
     ]
 

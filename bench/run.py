@@ -84,12 +84,21 @@ class TargetResult:
 
 
 def measure(
-    running: Running, action: Callable[[], tuple[float, float, dict[str, float | int | str]]]
+    running: Running,
+    action: Callable[[], tuple[float, float, dict[str, float | int | str]]],
+    load_cpu: int | None,
 ) -> RoundResult:
-    """Run ``action`` (returns rate, units of work, extras) and charge the target's CPU."""
+    """Run ``action`` (returns rate, units of work, extras) and charge the target's CPU.
+
+    With ``load_cpu`` set, also record how busy the load generators' core was: near 100%
+    there means the clients, not the target, limited the rate.
+    """
+    load_before = procstat.core_times(load_cpu) if load_cpu is not None else None
     before = procstat.sample(running.proc.pid)
     value, units, extra = action()
     after = procstat.sample(running.proc.pid)
+    if load_before is not None and load_cpu is not None:
+        extra["load_core_busy"] = procstat.core_busy(load_before, procstat.core_times(load_cpu))
     cpu = after.cpu - before.cpu
     return RoundResult(value, cpu / units if units else float("nan"), units, extra)
 
@@ -132,6 +141,9 @@ class TargetBench:
         self.backend_port = backend_port
         self.upload_file = upload_file
         self.result = TargetResult(target.name, target.description)
+        # A single pinned load core can be watched; a CPU list or no pinning cannot.
+        cpus = plan.load_cpus
+        self.load_cpu = int(cpus) if cpus is not None and cpus.isdigit() else None
 
     def start(self, workers: int, cpus: str | None) -> Running | None:
         """Start one instance; on failure record why (for ``workers`` = 1, the whole target)."""
@@ -205,13 +217,9 @@ class TargetBench:
     ) -> RoundResult | None:
         def action() -> tuple[float, float, dict[str, float | int | str]]:
             got = loadgen.run_s_time(running.port, False, self.plan.duration, processes, cpus)
-            return (
-                got.per_second,
-                got.connections,
-                s_time_extra(got),
-            )
+            return got.per_second, got.connections, s_time_extra(got)
 
-        outcome = measure(running, action)
+        outcome = measure(running, action, self.load_cpu if cpus is not None else None)
         if not outcome.units:
             self.result.fail(metric, f"no connection completed: {outcome.extra['failures']}")
             return None
@@ -235,7 +243,7 @@ class TargetBench:
                 s_time_extra(got),
             )
 
-        outcome = measure(running, action)
+        outcome = measure(running, action, self.load_cpu)
         if not outcome.units:
             self.result.fail("resumed_hs", f"no connection completed: {outcome.extra['failures']}")
             return None
@@ -261,7 +269,7 @@ class TargetBench:
                 },
             )
 
-        outcome = measure(running, action)
+        outcome = measure(running, action, self.load_cpu)
         if not outcome.units:
             self.result.fail("keepalive", f"wrk completed no request: {outcome.extra['tail']}")
             return None
@@ -280,7 +288,7 @@ class TargetBench:
                 {"detail": got.detail},
             )
 
-        outcome = measure(running, action)
+        outcome = measure(running, action, self.load_cpu)
         if not outcome.units:
             self.result.fail(metric, f"transfer failed: {outcome.extra['detail']}")
             return None
@@ -343,6 +351,8 @@ class TargetBench:
             running, None, 2 * self.plan.s_time_processes, f"scaling_w{workers}"
         )
         if outcome is not None:
+            # Proof that the instance really ran the workers it was asked for.
+            outcome.extra["processes"] = procstat.sample(running.proc.pid).processes
             self.result.scaling.setdefault(f"w{workers}", []).append(outcome)
 
 
