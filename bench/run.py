@@ -145,8 +145,8 @@ class TargetBench:
         cpus = plan.load_cpus
         self.load_cpu = int(cpus) if cpus is not None and cpus.isdigit() else None
 
-    def start(self, workers: int, cpus: str | None) -> Running | None:
-        """Start one instance; on failure record why (for ``workers`` = 1, the whole target)."""
+    def start(self, workers: int, cpus: str | None, main: bool = False) -> Running | None:
+        """Start one instance; on failure record why (for the ``main`` one, the whole target)."""
         reason = self.target.available()
         if reason:
             self.result.error = f"not run: {reason}"
@@ -155,7 +155,7 @@ class TargetBench:
         try:
             return self.target.start(self.material, self.workdir, self.backend_port, workers, cpus)
         except RuntimeError as error:
-            if workers == 1 and cpus == self.plan.target_cpus:
+            if main:
                 self.result.error = f"failed to start: {error}"
             else:
                 self.result.fail(f"scaling_w{workers}", f"failed to start: {error}")
@@ -183,6 +183,13 @@ class TargetBench:
             self.result.resumption_probe = f"python ssl probe failed: {error}"
         # Warm-up: first connections pay for imports, caches and lazy initialisation.
         loadgen.run_s_time(running.port, False, 1, 1, self.plan.load_cpus)
+
+    def guarded(self, what: str, step: Callable[[Running], None], running: Running) -> None:
+        """Run a step whose client-side failure should be recorded, not end the whole run."""
+        try:
+            step(running)
+        except (OSError, subprocess.SubprocessError, ValueError) as error:
+            self.result.fail(what, f"load generator error: {type(error).__name__}: {error}")
 
     def steps(self) -> list[tuple[str, Callable[[Running], RoundResult | None]]]:
         return [
@@ -363,10 +370,10 @@ def run_benches(benches: list[TargetBench], plan: Plan) -> None:
     running: dict[str, Running] = {}
     try:
         for bench in benches:
-            instance = bench.start(workers=1, cpus=plan.target_cpus)
+            instance = bench.start(workers=1, cpus=plan.target_cpus, main=True)
             if instance is not None:
                 running[bench.target.name] = instance
-                bench.probe(instance)
+                bench.guarded("probe", bench.probe, instance)
         active = [bench for bench in benches if bench.target.name in running]
         for number in range(1, plan.rounds + 1):
             log(f"round {number}/{plan.rounds}")
@@ -375,7 +382,7 @@ def run_benches(benches: list[TargetBench], plan: Plan) -> None:
                     step = dict(bench.steps())[metric]
                     bench.measure_step(running[bench.target.name], metric, step)
         for bench in active:
-            bench.hold_connections(running[bench.target.name])
+            bench.guarded("memory", bench.hold_connections, running[bench.target.name])
             stop(running.pop(bench.target.name))
     finally:
         for instance in running.values():
