@@ -31,7 +31,7 @@ from proxy.connection import ConnectionRecord, ListenerRuntime, Timeouts
 from proxy.demo import serve_demo
 from proxy.health import HealthChecker, options_from_settings
 from proxy.listener import ConnectionTracker, Listener, bind_addresses, to_trio
-from proxy.privileges import drop_privileges
+from proxy.privileges import PrivilegeError, drop_privileges
 from proxy.routing import table_for_listener
 from proxy.settings import (
     ConfigError,
@@ -328,30 +328,32 @@ class ProxyProcess:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as root:
                 async with trio.open_nursery() as connections:
-                    self._root, self._connections = root, connections
-                    in_process = InProcessBackends(connections, {"demo": serve_demo})
-                    self._in_process = in_process
-                    self._install(self._build(self.settings, self.ticket_keys))
-                    self._apply_limits()
-                    drop_privileges(*self.drop_to)
-                    for name in self.sockets:
-                        self._start_listener(name, self.sockets[name])
-                    root.start_soon(self._signals, signals)
-                    if self.can_bind:  # the only process: watchdog and key rotation are ours
-                        root.start_soon(systemd_watchdog)
-                        root.start_soon(self._rotate_ticket_keys)
-                    metrics.worker_started()
-                    systemd.notify_ready(self.status())
+                    self._start(root, connections, signals)
                     task_status.started()
                     await self._stop.wait()
                     systemd.notify_stopping("draining connections")
-                    await drain(
-                        list(self._accept_scopes.values()),
-                        self.tracker,
-                        connections,
-                        self.settings.limits.drain_timeout,
-                    )
+                    timeout = self.settings.limits.drain_timeout
+                    scopes = list(self._accept_scopes.values())
+                    await drain(scopes, self.tracker, connections, timeout)
                 root.cancel_scope.cancel()
+
+    def _start(
+        self, root: trio.Nursery, connections: trio.Nursery, signals: AsyncIterator[int]
+    ) -> None:
+        """Build the first generation (reading keys), drop privileges, start accepting."""
+        self._root, self._connections = root, connections
+        self._in_process = InProcessBackends(connections, {"demo": serve_demo})
+        self._install(self._build(self.settings, self.ticket_keys))
+        self._apply_limits()
+        drop_privileges(*self.drop_to)
+        for name, sockets in self.sockets.items():
+            self._start_listener(name, sockets)
+        root.start_soon(self._signals, signals)
+        if self.can_bind:  # the only process: watchdog and key rotation are ours
+            root.start_soon(systemd_watchdog)
+            root.start_soon(self._rotate_ticket_keys)
+        metrics.worker_started()
+        systemd.notify_ready(self.status())
 
     def stop(self) -> None:
         self._stop.set()
@@ -429,7 +431,8 @@ class ProxyProcess:
 
     def reload(self) -> bool:
         """Load and build the next generation; keep the current one if anything fails."""
-        systemd.notify_reloading("reloading configuration")
+        if self.can_bind:
+            systemd.notify_reloading("reloading configuration")
         try:
             settings = self._load_next()
             keys = self._next_keyring(settings)
@@ -439,18 +442,22 @@ class ProxyProcess:
                 self._rebind(settings)
         except RELOAD_ERRORS as exc:
             log.error("configuration reload rejected; the running configuration stays: %s", exc)
-            metrics.config_reloaded(False)
-            systemd.notify_ready(self.status())
+            self._count_reload(False)
             return False
         for warning in settings.warnings:
             log.warning("configuration: %s", warning)
         self.settings, self.ticket_keys = settings, keys
         self._install(generation)
         self._apply_limits()
-        metrics.config_reloaded(True)
         log.info("configuration reloaded")
-        systemd.notify_ready(self.status())
+        self._count_reload(True)
         return True
+
+    def _count_reload(self, success: bool) -> None:
+        """Only the process that owns the service reports reloads (workers' parent does)."""
+        if self.can_bind:
+            metrics.config_reloaded(success)
+            systemd.notify_ready(self.status())
 
     def _next_keyring(self, settings: Settings) -> TicketKeyring | None:
         """A configured key file is re-read on reload (keys rotated by an operator);
@@ -503,22 +510,48 @@ def make_access_log(settings: Settings) -> AccessLog | None:
     return AccessLog(settings.global_.log_format)
 
 
+EXIT_STARTUP_FAILED = 1
+STARTUP_ERRORS = (OSError, ValueError, PrivilegeError)
+
+
+def activated_sockets() -> list[socket.socket]:
+    """Sockets passed by systemd socket activation, tagged with their FileDescriptorName."""
+    activated = systemd.listen_fds_with_names()
+    for name, sock in activated:
+        sock.fd_name = name  # type: ignore[attr-defined]
+    return [sock for _, sock in activated]
+
+
+def startup_error(exc: BaseException) -> BaseException | None:
+    """The startup failure inside (possibly nested) exception groups, if it is one we
+    report as a plain message (a port in use, an unreadable key, an unknown user)."""
+    inner = getattr(exc, "exceptions", None)
+    if inner is not None and len(inner) == 1:
+        return startup_error(inner[0])
+    return exc if isinstance(exc, STARTUP_ERRORS) else None
+
+
 def run(settings: Settings, config_path: Path | None) -> int:
     """Run the daemon until told to stop; returns the process exit status."""
     configure_logging(settings.global_.log_format, settings.global_.log_level)
     for warning in settings.warnings:
         log.warning("configuration: %s", warning)
-    if settings.global_.workers > 1:
-        from proxy.workers import supervise
+    try:
+        if settings.global_.workers > 1:
+            from proxy.workers import supervise
 
-        return supervise(settings, config_path)
-    activated = systemd.listen_fds_with_names()
-    for name, sock in activated:
-        sock.fd_name = name  # type: ignore[attr-defined]
-    sockets = bind_listeners(settings, activated=[s for _, s in activated])
-    server = None
-    if settings.metrics.enabled:
-        server = metrics.start_metrics_server(str(settings.metrics.listen))
+            return supervise(settings, config_path)
+        return _run_single(settings, config_path)
+    except Exception as exc:
+        failure = startup_error(exc)
+        if failure is None:
+            raise
+        log.critical("cannot start: %s", failure)
+        return EXIT_STARTUP_FAILED
+
+
+def _run_single(settings: Settings, config_path: Path | None) -> int:
+    sockets = bind_listeners(settings, activated=activated_sockets())
     process = ProxyProcess(
         settings,
         config_path,
@@ -527,6 +560,9 @@ def run(settings: Settings, config_path: Path | None) -> int:
         access_log=make_access_log(settings),
         drop_to=(settings.global_.user, settings.global_.group),
     )
+    server = None
+    if settings.metrics.enabled:
+        server = metrics.start_metrics_server(str(settings.metrics.listen))
     metrics.config_loaded()
     try:
         trio.run(process.serve)

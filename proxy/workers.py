@@ -22,6 +22,7 @@ means the parent is gone, and the worker drains and exits.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ from proxy import metrics, systemd
 from proxy.daemon import (
     ListenerSockets,
     ProxyProcess,
+    activated_sockets,
     bind_listeners,
     listener_shape,
     make_access_log,
@@ -53,6 +55,7 @@ from proxy.tlsconfig import (
     generated_keys_enabled,
     keyring_from_text,
     keyring_to_text,
+    load_chains,
     make_keyring,
 )
 from tls13 import TicketKeyring
@@ -221,20 +224,22 @@ async def _kill_after(supervisor: Supervisor, drain_timeout: float) -> None:
 
 
 async def _reload(supervisor: Supervisor, nursery: trio.Nursery) -> None:
+    """Validate (configuration and certificates) here; reject, reload in place, or replace."""
     systemd.notify_reloading("validating configuration")
     try:
         new = _load_next(supervisor)
+        load_chains(new)
+        if listener_shape(new) == listener_shape(supervisor.settings):
+            supervisor.settings = new
+            supervisor.signal_workers(signal.SIGHUP)
+            log.info("configuration valid; workers reload in place")
+        else:
+            _replace_generation(supervisor, new, nursery)
     except (ConfigError, OSError, ValueError) as exc:
         log.error("configuration reload rejected; workers keep the running one: %s", exc)
         metrics.config_reloaded(False)
         systemd.notify_ready()
         return
-    if listener_shape(new) == listener_shape(supervisor.settings):
-        supervisor.settings = new
-        supervisor.signal_workers(signal.SIGHUP)
-        log.info("configuration valid; workers reload in place")
-    else:
-        _replace_generation(supervisor, new, nursery)
     metrics.config_reloaded(True)
     systemd.notify_ready(f"{len(supervisor.slots)} workers")
 
@@ -246,17 +251,32 @@ def _load_next(supervisor: Supervisor) -> Settings:
 
 
 def _replace_generation(supervisor: Supervisor, new: Settings, nursery: trio.Nursery) -> None:
-    """Listening addresses changed: new workers on new sockets, the old ones drain."""
-    fresh = make_slots(new, len(supervisor.slots))
+    """Listening addresses changed: new workers, the old ones drain.
+
+    Listeners whose addresses did not change keep their sockets (no connection queued in a
+    backlog is lost); only new or moved listeners get fresh sockets.
+    """
+    old_shape, new_shape = listener_shape(supervisor.settings), listener_shape(new)
+    kept = {name for name in new_shape if old_shape.get(name) == new_shape[name]}
+    changed = dataclasses.replace(
+        new, listeners=tuple(item for item in new.listeners if item.name not in kept)
+    )
     old = supervisor.slots
+    fresh = [
+        WorkerSlot(
+            slot.index,
+            {name: slot.sockets[name] for name in kept} | bind_listeners(changed, reuse_port=True),
+        )
+        for slot in old
+    ]
     for slot in old:
         slot.retired = True
+        if slot.process is not None and slot.process.returncode is None:
+            slot.process.send_signal(signal.SIGTERM)
+        slot.sockets = {name: socks for name, socks in slot.sockets.items() if name not in kept}
     supervisor.settings, supervisor.slots = new, fresh
     for slot in fresh:
         nursery.start_soon(supervisor.run_slot, slot)
-    for slot in old:
-        if slot.process is not None and slot.process.returncode is None:
-            slot.process.send_signal(signal.SIGTERM)
     close_slot_sockets(old)
     log.info("listening addresses changed: started a new generation of workers")
 
@@ -273,10 +293,8 @@ async def _rotate_keys(supervisor: Supervisor) -> None:
 
 def supervise(settings: Settings, config_path: Path | None) -> int:
     """Parent entry: bind, start workers, supervise until stopped."""
-    activated = systemd.listen_fds_with_names()
-    for name, sock in activated:
-        sock.fd_name = name  # type: ignore[attr-defined]
-    slots = make_slots(settings, settings.global_.workers, [s for _, s in activated])
+    load_chains(settings)  # fail here, clearly, rather than in every worker in a loop
+    slots = make_slots(settings, settings.global_.workers, activated_sockets())
     metrics_dir = tempfile.mkdtemp(prefix="tls13-proxy-metrics-")
     metrics.setup_multiprocess(metrics_dir)
     server = None

@@ -283,3 +283,29 @@ def test_sighup_in_worker_mode_swaps_certificate(site: Site, processes: list) ->
             with context.wrap_socket(raw, server_hostname="a.test") as tls:
                 serial = x509.load_der_x509_certificate(tls.getpeercert(True)).serial_number
             assert serial == new.cert.serial_number
+
+
+def test_worker_mode_reload_with_new_listener_replaces_workers(site: Site, processes: list) -> None:
+    with ThreadedEcho() as echo:
+        routes = '[routes.all]\ndefault = true\npool = "p"\n'
+        text = config_text(site, routes, pool("p", [echo.port]), extra="workers = 2")
+        daemon = launch(site, text, processes)
+        daemon.wait_for_log("accepting on", count=2)
+        context = client_context(site.ca_pem)
+        raw = socket.create_connection(("127.0.0.1", site.port), timeout=10)
+        with context.wrap_socket(raw, server_hostname="a.test") as old:
+            old.sendall(b"1")
+            assert recv_exactly(old, 1) == b"1"
+            second = free_port()
+            daemon.config_path.write_text(
+                text + f'\n[listeners.extra]\naddresses = ["127.0.0.1:{second}"]\n'
+            )
+            daemon.signal(signal.SIGHUP)
+            daemon.wait_for_log("started a new generation of workers")
+            daemon.wait_for_log("accepting on", count=6)  # 2 new workers x 2 listeners
+            # The old worker drains: its established connection still works.
+            old.sendall(b"2")
+            assert recv_exactly(old, 1) == b"2"
+        assert tls_exchange(second, "a.test", context, b"new", 3) == b"new"
+        assert tls_exchange(site.port, "a.test", context, b"old", 3) == b"old"
+        assert daemon.stop() == 0

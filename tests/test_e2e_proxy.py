@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,11 +21,13 @@ import trio
 from certs import Issued, make_leaf, write_pair
 from cryptography import x509
 from proxy_helpers import (
+    REPO,
     Daemon,
     Site,
     ThreadedEcho,
     client_context,
     config_text,
+    free_port,
     launch,
     make_site,
     pattern,
@@ -428,3 +431,19 @@ def test_curl_gets_demo_page_with_negotiated_parameters(site: Site, processes: l
     assert "TLS version: TLSv1.3" in page
     assert "SNI: a.test" in page
     assert "ALPN: http/1.1" in page
+
+
+def test_startup_failure_is_reported_plainly(site: Site, processes: list) -> None:
+    """A port already in use: a one-line critical message and exit status 1, no traceback."""
+    with socket.create_server(("127.0.0.1", site.port)):
+        path = site.root / "proxy.toml"
+        routes = '[routes.all]\ndefault = true\npool = "p"\n'
+        path.write_text(config_text(site, routes, pool("p", [free_port()])))
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", "--config", str(path)],
+            capture_output=True,
+            timeout=30,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+    assert result.returncode == 1
+    assert b"cannot start" in result.stderr and b"Traceback" not in result.stderr
