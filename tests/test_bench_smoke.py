@@ -17,8 +17,6 @@ sys.path.insert(0, str(BENCH))
 import bench_load  # noqa: E402
 import bench_report  # noqa: E402
 
-TOOLS = ("openssl", "wrk", "curl", "taskset")
-
 
 def test_s_time_marks_are_counted_per_connection() -> None:
     output = (
@@ -61,10 +59,7 @@ def test_spread_is_range_over_median() -> None:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in TOOLS),
-    reason=f"needs {', '.join(TOOLS)} (scripts/setup.sh installs them)",
-)
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_quick_run_against_the_ssl_reference(tmp_path: Path) -> None:
     done = subprocess.run(
         [
@@ -95,12 +90,19 @@ def test_quick_run_against_the_ssl_reference(tmp_path: Path) -> None:
     assert full["bytes_per_connection"] > 64  # and each one's GET was answered
     resumed = result["metrics"]["resumed_hs"][0]["extra"]
     assert resumed["resumed"] > 0  # and -reuse really resumed
-    assert result["metrics"]["keepalive"][0]["units"] > 0
-    for metric in ("download", "upload"):
-        assert result["metrics"][metric][0]["units"] > 0
-        assert result["metrics"][metric][0]["cpu_per_unit"] > 0  # the target's CPU was seen
     assert [row["established"] for row in result["memory"]] == [20, 60]
     assert result["scaling"]["w1"] and result["scaling"]["w2"]
+    # A missing client tool is reported as that metric's failure, never silently dropped.
+    if shutil.which("wrk"):
+        assert result["metrics"]["keepalive"][0]["units"] > 0
+    else:
+        assert "keepalive" in result["failures"]
+    for metric in ("download", "upload"):
+        if shutil.which("curl"):
+            assert result["metrics"][metric][0]["units"] > 0
+            assert result["metrics"][metric][0]["cpu_per_unit"] > 0  # the target's CPU seen
+        else:
+            assert metric in result["failures"]
     markdown = done.stdout.decode()
     for section in ("## Throughput and CPU per unit", "## Memory per idle", "## Scaling"):
         assert section in markdown
