@@ -338,3 +338,74 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+# --------------------------------------------------------------------------- openssl s_server
+
+
+class OpenSSLServer:
+    """``openssl s_server`` in plain mode *with* its stdin commands (no -quiet).
+
+    Typing ``c`` on its stdin makes a TLS 1.3 s_server send a post-handshake
+    CertificateRequest.  Its stdout (received data, command results) goes to a
+    file that :meth:`output` reads; it serves one connection (the readiness
+    probe is the other accept).
+    """
+
+    def __init__(self, port: int, pki: Pki, directory: Path, *extra: str) -> None:
+        self.port = port
+        self._stdout = directory / "s_server.out"
+        self._stderr: str | None = None
+        argv = ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-tls1_3"]
+        argv += ["-cert", str(pki.server_chain), "-key", str(pki.server_key), "-naccept", "2"]
+        with self._stdout.open("wb") as sink:
+            self.proc = subprocess.Popen(
+                [*argv, *extra], stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.PIPE
+            )
+        self._wait_listening()
+
+    def _wait_listening(self) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("s_server exited early")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("s_server did not start listening")
+
+    def command(self, line: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line)
+        self.proc.stdin.flush()
+
+    def output(self) -> str:
+        return self._stdout.read_text(errors="replace")
+
+    def wait_output(self, needle: str, timeout: float = TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.output():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"s_server never printed {needle!r}: {self.output()!r}")
+            time.sleep(0.05)
+
+    def finish(self) -> str:
+        """Close stdin, wait for the exit; its stderr (verification lines, errors)."""
+        if self._stderr is None:
+            try:  # communicate() closes stdin: s_server then finishes and exits
+                _, err = self.proc.communicate(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                _, err = self.proc.communicate()
+            self._stderr = err.decode(errors="replace")
+        return self._stderr
+
+    def __enter__(self) -> OpenSSLServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.finish()

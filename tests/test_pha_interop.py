@@ -9,14 +9,19 @@ post_handshake_auth is never asked.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
+from conftest import free_port
 from engine_helpers import GREETING, ConnectionRecord, EngineServer, run_client, store_for
-from interop_helpers import Pki, make_pki, run_until_exit, s_client
+from interop_helpers import OpenSSLServer, Pki, make_pki, run_until_exit, s_client
+from msg_helpers import SocketClient
 
 from tls13 import events
 from tls13.alerts import AlertDescription
-from tls13.config import ServerConfig
+from tls13.certificates import CertificateChain
+from tls13.client import ClientConnection
+from tls13.config import ClientConfig, ServerConfig
 from tls13.connection import ConnectionStateError
 from tls13.server import ServerConnection
 
@@ -102,3 +107,49 @@ def test_untrusted_certificate_after_the_handshake_is_unknown_ca(pki: Pki) -> No
     assert record.info is not None  # the handshake itself had completed
     assert record.error is not None and record.error.alert == AlertDescription.unknown_ca
     assert "alert unknown ca" in output and "SSL alert number 48" in output
+
+
+# ----------------------------------------------------------------------------- our client
+
+
+def test_our_client_answers_s_server_post_handshake_request(pki: Pki, tmp_path: Path) -> None:
+    # No -verify: s_server asks for nothing in the handshake, only when told "c".
+    certificate = CertificateChain((pki.client.cert,), pki.client.key)  # type: ignore[arg-type]
+    config = ClientConfig(ca_certificates=(pki.ca.cert,), certificate=certificate)
+    with OpenSSLServer(free_port(), pki, tmp_path, "-verifyCAfile", str(pki.ca_file)) as server:
+        client = SocketClient(ClientConnection(config, server_name="localhost"), server.port)
+        try:
+            info = client.handshake()
+            assert info.peer_certificates[0] == pki.server.cert
+            client.conn.send_data(b"before\n")
+            client.flush()
+            server.wait_output("before")
+            server.command(b"c\n")  # SSL_verify_client_post_handshake
+            answer_request(client)
+            client.conn.send_data(b"after\n")
+            client.conn.close()
+            client.flush()
+            server.wait_output("after")
+        finally:
+            client.close()
+        errors = server.finish()
+    # s_server verified the certificate we sent after the handshake (none was sent in it),
+    # and the connection carried on.
+    assert "depth=0 CN = alice.example" in errors and "verify error" not in errors
+    output = server.output()
+    assert "SSL_do_handshake -> 1" in output and "after" in output
+
+
+def answer_request(client: SocketClient) -> None:
+    """Read until the client has something of its own to send: after the handshake,
+    with nothing written by us, that is its answer to a CertificateRequest (§4.6.2)."""
+    client.flush()
+    for _ in range(20):
+        data = client.sock.recv(65536)
+        assert data, "s_server closed the connection"
+        client.events += client.conn.receive_data(data)
+        answer = client.conn.data_to_send()
+        if answer:
+            client.sock.sendall(answer)
+            return
+    raise AssertionError("no post-handshake CertificateRequest arrived")
