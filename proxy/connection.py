@@ -148,6 +148,19 @@ def describe_session(info: SessionInfo) -> dict[str, str]:
     }
 
 
+LOG_INTERVAL = 1.0
+_last_logged: dict[str, float] = {}
+
+
+def log_limited(key: str, level: int, message: str, *args: object) -> None:
+    """Log at most once a second per ``key``: an outage or a flood of bad connections must
+    produce a clear line, not a line per connection (the metrics count every one)."""
+    now = time.monotonic()
+    if now - _last_logged.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
+        _last_logged[key] = now
+        log.log(level, message, *args)
+
+
 def _peer(stream: trio.SocketStream, local: bool) -> tuple[str, int]:
     try:
         address = stream.socket.getsockname() if local else stream.socket.getpeername()
@@ -209,7 +222,7 @@ def _route(routes: RouteTable, info: SessionInfo, record: ConnectionRecord) -> R
     route = routes.match(info.server_name, info.alpn)
     if route is None:
         record.finish("no_route", f"sni={info.server_name!r} alpn={info.alpn!r}")
-        log.warning("no route for SNI %r ALPN %r", info.server_name, info.alpn)
+        log_limited(f"no-route:{record.listener}", logging.WARNING, "no route: %s", record.detail)
         return None
     if route.require_client_certificate and not info.client_subject:
         record.route = route.name
@@ -258,11 +271,11 @@ async def _connect_backend(
         lease = await pool.connect(describe_session(established.info))
     except NoHealthyBackend as exc:
         record.finish("no_backend", str(exc))
-        log.error("refusing connection from %s: %s", record.client_address, exc)
+        log_limited(f"pool:{pool.name}", logging.ERROR, "refusing connections: %s", exc)
         return None
     except BackendError as exc:
         record.finish("backend_unavailable", str(exc))
-        log.error("refusing connection from %s: %s", record.client_address, exc)
+        log_limited(f"pool:{pool.name}", logging.ERROR, "refusing connections: %s", exc)
         return None
     record.backend, record.backend_attempts = str(lease.server.address), lease.attempts
     return lease

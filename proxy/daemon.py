@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,7 +26,7 @@ import trio
 from proxy import metrics, systemd
 from proxy.accesslog import AccessLog, AccessRecord, configure_logging
 from proxy.backends import BackendPool, InProcessBackends, pool_from_settings
-from proxy.connection import ConnectionRecord, ListenerRuntime, Timeouts
+from proxy.connection import ConnectionRecord, ListenerRuntime, Timeouts, log_limited
 from proxy.demo import serve_demo
 from proxy.health import HealthChecker, options_from_settings
 from proxy.listener import ConnectionTracker, Listener, bind_addresses, to_trio
@@ -183,18 +182,15 @@ def access_record(record: ConnectionRecord) -> AccessRecord:
     )
 
 
-_last_refusal_log: dict[tuple[str, str], float] = {}
-REFUSAL_LOG_INTERVAL = 1.0
-
-
 def refused_connection(listener: str, limit: str) -> None:
-    """Count every refusal; log at most once a second per listener and limit (a flood of
-    connections must not become a flood of log lines)."""
-    now = time.monotonic()
-    key = (listener, limit)
-    if now - _last_refusal_log.get(key, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
-        _last_refusal_log[key] = now
-        log.warning("listener %s: %s reached; refusing connections", listener, limit)
+    """Count every refusal; log at most once a second per listener and limit."""
+    log_limited(
+        f"limit:{listener}:{limit}",
+        logging.WARNING,
+        "listener %s: %s reached; refusing connections",
+        listener,
+        limit,
+    )
     metrics.connection_rejected(listener, limit)
     metrics.limit_hit(limit)
 

@@ -102,7 +102,11 @@ class HealthChecker:
 
     async def _watch(self, server: BackendServer) -> None:
         while True:
-            ok = await check_server(self.pool, server, self.opts)
+            try:
+                ok = await check_server(self.pool, server, self.opts)
+            except Exception:  # a probe must never stop the other checks or the proxy
+                log.exception("pool %s: health check of %s failed", self.pool.name, server.address)
+                ok = False
             self.observe(server, ok)
             await trio.sleep(self.opts.interval)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from proxy.connection import ListenerRuntime, handle_connection
+from proxy.connection import ListenerRuntime, handle_connection, log_limited
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,10 @@ class Listener:
                     continue
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
                     continue
-                raise
+                # Anything else must not take the other listeners and connections down.
+                log_limited(f"accept:{self.name}", logging.ERROR, "accept failed: %s", exc)
+                await trio.sleep(BACKOFF)
+                continue
             client = str(peer[0]) if isinstance(peer, tuple) else ""
             if not self.tracker.try_acquire(self.name, client, self.limit):
                 _refuse(conn)
