@@ -9,17 +9,22 @@ ClientHello + early data is refused (RFC 8446 §8.2).
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from engine_helpers import EngineServer, run_client, split_records, store_for
 from interop_helpers import Pki, RecordingRelay, make_pki, s_client, send_raw
+from msg_helpers import SocketClient, start_openssl_server
 
 from tls13 import events
-from tls13.config import ServerConfig
+from tls13.client import ClientConnection
+from tls13.config import ClientConfig, ServerConfig
+from tls13.events import NewSessionTicketReceived
 from tls13.record import APPLICATION_DATA, HANDSHAKE
-from tls13.tickets import TicketKeyring
+from tls13.tickets import SessionTicket, TicketKeyring
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -152,3 +157,74 @@ def _first_flight(stream: bytes) -> bytes:
     assert records[0][0] == HANDSHAKE
     first_protected = next(i for i, r in enumerate(records) if r[0] == APPLICATION_DATA)
     return b"".join(records[: first_protected + 1])
+
+
+# ----------------------------------------------------------------------------- our client
+
+
+def _client(pki: Pki, session: SessionTicket | None = None) -> ClientConnection:
+    return ClientConnection(
+        ClientConfig(ca_certificates=(pki.ca.cert,)), server_name="localhost", session=session
+    )
+
+
+def test_our_client_reusing_a_ticket_is_refused_by_openssl_anti_replay(
+    pki: Pki, processes: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    # s_server (anti-replay on by default) takes 0-RTT once per ticket; the second
+    # attempt is declined, and our client must finish the handshake and resend.
+    port, output = free_port(), tmp_path / "received"
+    with output.open("wb") as sink:
+        extra = ["-early_data", "-max_early_data", "16384", "-num_tickets", "1"]
+        process = start_openssl_server(
+            port,
+            str(pki.server_chain),
+            str(pki.server_key),
+            extra,
+            mode="",
+            naccept=4,
+            stdout=sink,
+        )
+    processes.append(process)
+    ticket = _fetch_ticket(pki, port)
+    first = _early_connection(pki, port, ticket, b"first early\n", b"first late\n")
+    assert first.early_data_accepted and first.resumed
+    again = _early_connection(pki, port, ticket, b"reused early\n", b"resent\n")
+    assert not again.early_data_accepted
+    process.wait(timeout=20)  # naccept reached: s_server flushes and exits
+    received = output.read_bytes()
+    assert b"first early\n" in received and b"first late\n" in received
+    assert b"resent\n" in received and b"reused early" not in received
+
+
+def _fetch_ticket(pki: Pki, port: int) -> SessionTicket:
+    client = SocketClient(_client(pki), port)
+    try:
+        client.handshake()
+        client.until(lambda: any(isinstance(e, NewSessionTicketReceived) for e in client.events))
+        client.conn.close()
+        client.flush()
+    finally:
+        client.close()
+    return next(e.ticket for e in client.events if isinstance(e, NewSessionTicketReceived))
+
+
+def _early_connection(
+    pki: Pki, port: int, ticket: SessionTicket, early: bytes, late: bytes
+) -> events.HandshakeComplete:
+    connection = _client(pki, ticket)
+    client = SocketClient(connection, port)
+    try:
+        connection.start()
+        connection.send_early_data(early)
+        client.until(lambda: connection.handshake_complete)
+        info = connection.info
+        assert info is not None
+        rejected = any(isinstance(e, events.EarlyDataRejected) for e in client.events)
+        assert rejected != info.early_data_accepted
+        connection.send_data(late)
+        connection.close()
+        client.flush()
+    finally:
+        client.close()
+    return info
