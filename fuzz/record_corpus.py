@@ -1,6 +1,7 @@
 """Record real client and server flights as seed corpus files (run by hand, not by tests).
 
-    python3 fuzz/record_corpus.py            # rewrites fuzz/corpus/{server,client}/real-*
+    python3 fuzz/record_corpus.py                # rewrites fuzz/corpus/{server,client}/
+    python3 fuzz/record_corpus.py --client-only  # only fuzz/corpus/client/
 
 Server corpus: openssl s_client, gnutls-cli, curl and Python's ssl module talk
 to a loopback ServerConnection built from :func:`fuzz.targets.server_config`;
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,11 +41,13 @@ from fuzz.targets import (  # noqa: E402
 )
 from tls13.alerts import TLSError  # noqa: E402
 from tls13.client import ClientConnection  # noqa: E402
+from tls13.config import ServerConfig  # noqa: E402
 from tls13.server import ServerConnection  # noqa: E402
 
 CORPUS = ROOT / "fuzz" / "corpus"
 TRACES = Path("/work/shared/specs/tls13-example-traces.txt")
 TIMEOUT = 15.0
+GROUP_P256 = 0x0017
 
 
 class Recorder:
@@ -288,6 +292,34 @@ def record_server_corpus(tmp: Path) -> dict[str, bytes]:
     return out
 
 
+def own_client_flights() -> dict[str, bytes]:
+    """Our deterministic client against the deterministic server: post-handshake auth,
+    KeyUpdate and close_notify, everything the client sent recorded."""
+    client = new_client()
+    server = ServerConnection(server_config())
+    sent = bytearray(_client_hello_bytes())
+    server.receive_data(bytes(sent))
+    steps = [b"auth please", b"after auth"]
+    for _ in range(12):
+        to_client = server.data_to_send()
+        if to_client:
+            for event in client.receive_data(to_client):
+                react(client, event)
+        if client.handshake_complete and steps:
+            client.send_data(steps.pop(0))
+            if not steps:
+                client.update_keys(request_peer=True)
+                client.close()
+        to_server = client.data_to_send()
+        if not to_server and not to_client:
+            break
+        sent += to_server
+        for event in server.receive_data(to_server):
+            react(server, event)
+    # One record per receive_data call: the server must have asked before the answer comes.
+    return {"own-client-post-handshake-auth": b"\xff" + bytes(sent)}
+
+
 def trace_client_hellos() -> dict[str, bytes]:
     """The first client record of each RFC 8448-format trace section (a ClientHello)."""
     text = TRACES.read_text()
@@ -317,6 +349,10 @@ def record_client_corpus(tmp: Path) -> dict[str, bytes]:
     server.receive_data(client.data_to_send())
     out["own-server-full"] = b"\x00" + flight + server.data_to_send()
     out["own-server-chunked"] = b"\x05" + flight
+    ecdsa = server_config(ecdsa=True)
+    out["own-server-hrr"] = b"\x00" + _own_exchange(replace(ecdsa, groups=(GROUP_P256,)))
+    out["own-server-client-auth"] = b"\x00" + _own_exchange(replace(ecdsa, client_auth="required"))
+    out["own-server-post-handshake"] = b"\x03" + _own_exchange(ecdsa, after_handshake=True)
     port = _free_port()
     pki = fixed_pki()
     s_server = subprocess.Popen(
@@ -351,6 +387,35 @@ def record_client_corpus(tmp: Path) -> dict[str, bytes]:
         s_server.kill()
         s_server.wait()
     return out
+
+
+def _own_exchange(config: ServerConfig, after_handshake: bool = False) -> bytes:
+    """Everything our server sends to the deterministic client, the handshake pumped through.
+
+    ``after_handshake`` adds application data, a KeyUpdate, a post-handshake
+    CertificateRequest and close_notify from the server.
+    """
+    client = new_client()
+    server = ServerConnection(config)
+    sent = bytearray()
+    to_server = _client_hello_bytes()
+    for _ in range(10):
+        if to_server:
+            server.receive_data(to_server)
+        if after_handshake and server.handshake_complete:
+            after_handshake = False
+            server.send_data(b"hello after the handshake")
+            server.update_keys(request_peer=True)
+            server.request_client_certificate()
+            server.send_data(b"bye")
+            server.close()
+        to_client = server.data_to_send()
+        if not to_client and not to_server:
+            break
+        sent += to_client
+        client.receive_data(to_client)
+        to_server = client.data_to_send()
+    return bytes(sent)
 
 
 def _client_hello_bytes() -> bytes:
@@ -392,8 +457,13 @@ def _free_port() -> int:
 
 
 def main() -> None:
+    """``--client-only`` re-records the client corpus and leaves the server corpus alone."""
+    client_only = "--client-only" in sys.argv
     with tempfile.TemporaryDirectory() as tmp:
-        server = {**record_server_corpus(Path(tmp)), **trace_client_hellos()}
+        server = {} if client_only else record_server_corpus(Path(tmp))
+        if not client_only:
+            server.update(trace_client_hellos())
+        server.update(own_client_flights())
         client = record_client_corpus(Path(tmp))
     for directory, files in (("server", server), ("client", client)):
         (CORPUS / directory).mkdir(parents=True, exist_ok=True)

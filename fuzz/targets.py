@@ -8,7 +8,8 @@ connection wraps unexpected Python exceptions into exactly that alert, so an
 input was judged.
 
 Input format of the connection targets: byte 0 selects how the rest is cut
-into ``receive_data`` chunks (0 = one call, otherwise pseudo-random sizes), so
+into ``receive_data`` chunks (0 = one call, 0xFF = one record per call, the
+events of each answered before the next, otherwise pseudo-random sizes), so
 the fuzzer explores record and handshake-message fragmentation while a corpus
 file stays a readable "chunking byte + raw wire bytes" pair.
 
@@ -35,10 +36,11 @@ from tls13.alerts import AlertDescription, TLSError
 from tls13.certificates import CertificateChain, CertificateStore
 from tls13.client import ClientConnection
 from tls13.config import ClientConfig, ServerConfig
-from tls13.connection import Connection
+from tls13.connection import Connection, ConnectionStateError
 from tls13.groups import BY_NAME as GROUP_CODES
 from tls13.groups import GROUPS, PrivateShare
 from tls13.record import RecordLayer
+from tls13.server import ServerConnection
 from tls13.suites import SUITES
 from tls13.tickets import TicketKeyring
 
@@ -168,6 +170,18 @@ def client_config(label: bytes = b"client") -> ClientConfig:
 # --------------------------------------------------------------------------- chunking
 
 
+RECORD_BY_RECORD = 0xFF
+
+
+def _records(stream: bytes) -> Iterator[bytes]:
+    """One TLS record per piece (by the header's length field; a torn tail comes last)."""
+    pos = 0
+    while pos < len(stream):
+        end = pos + 5 + int.from_bytes(stream[pos + 3 : pos + 5], "big")
+        yield stream[pos:end]
+        pos = end
+
+
 def chunks(data: bytes) -> Iterator[bytes]:
     """Cut ``data[1:]`` into the pieces byte 0 asks for (see the module docstring)."""
     if not data:
@@ -176,6 +190,9 @@ def chunks(data: bytes) -> Iterator[bytes]:
     if mode == 0:
         if rest:
             yield rest
+        return
+    if mode == RECORD_BY_RECORD:
+        yield from _records(rest)
         return
     state = mode
     pos = 0
@@ -189,15 +206,38 @@ def chunks(data: bytes) -> Iterator[bytes]:
 # --------------------------------------------------------------------------- connection driving
 
 
+AUTH_REQUEST = b"auth"
+
+
 def react(conn: Connection, event: events.Event) -> None:
-    """What a proxy would do: greet, echo, answer close_notify (exercises the send side)."""
+    """What a proxy would do: greet, echo, answer close_notify (exercises the send side).
+
+    A server that receives application data starting with ``AUTH_REQUEST`` asks
+    for a client certificate after the handshake (RFC 8446 §4.6.2), when it may.
+    """
     if isinstance(event, events.HandshakeComplete):
-        conn.send_data(b"hello")
+        _send(conn, b"hello")
     elif isinstance(event, (events.ApplicationData, events.EarlyData)):
         if conn.handshake_complete:
-            conn.send_data(event.data[:64])
+            _send(conn, event.data[:64])
+        if isinstance(conn, ServerConnection) and event.data.startswith(AUTH_REQUEST):
+            _request_certificate(conn)
     elif isinstance(event, events.ConnectionClosed):
         conn.close()
+
+
+def _send(conn: Connection, data: bytes) -> None:
+    try:
+        conn.send_data(data)
+    except ConnectionStateError:
+        return  # we already sent close_notify: nothing more goes out (RFC 8446 §6.1)
+
+
+def _request_certificate(conn: ServerConnection) -> None:
+    try:
+        conn.request_client_certificate()
+    except ConnectionStateError:
+        return  # not offered by the client, or a request is already outstanding
 
 
 def _check_error(error: TLSError) -> None:
@@ -237,8 +277,6 @@ def _check_sticky(conn: Connection, error: TLSError) -> None:
 
 def run_server(data: bytes) -> list[events.Event]:
     """Target: a deterministic ServerConnection fed a client's byte stream."""
-    from tls13.server import ServerConnection
-
     return drive(ServerConnection(server_config()), data)
 
 

@@ -37,7 +37,14 @@ def test_corpus_is_small_and_present() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", sorted((FUZZ_DIR / "corpus" / "server").glob("real-*")), ids=lambda p: p.name
+    "path",
+    sorted(
+        [
+            *(FUZZ_DIR / "corpus" / "server").glob("real-*"),
+            *(FUZZ_DIR / "corpus" / "server").glob("own-*"),
+        ]
+    ),
+    ids=lambda p: p.name,
 )
 def test_recorded_client_flights_complete_the_handshake(path: Path) -> None:
     seen = targets.run_server(path.read_bytes())
@@ -63,6 +70,23 @@ def test_chunking_covers_every_byte() -> None:
     pieces = list(targets.chunks(data))
     assert b"".join(pieces) == data[1:]
     assert len(pieces) > 10 and max(map(len, pieces)) <= 7 * 8
+
+
+def test_record_by_record_chunking() -> None:
+    records = b"\x16\x03\x01\x00\x02ab" + b"\x17\x03\x03\x00\x01c" + b"\x15\x03"
+    assert list(targets.chunks(b"\xff" + records)) == [
+        b"\x16\x03\x01\x00\x02ab",
+        b"\x17\x03\x03\x00\x01c",
+        b"\x15\x03",
+    ]
+
+
+def test_recorded_post_handshake_auth_completes() -> None:
+    path = FUZZ_DIR / "corpus/server/own-client-post-handshake-auth"
+    seen = targets.run_server(path.read_bytes())
+    received = [e for e in seen if isinstance(e, events.ClientCertificateReceived)]
+    assert received and received[0].identity is not None
+    assert any(isinstance(e, events.KeyUpdated) for e in seen)
 
 
 def test_a_bug_is_reported_as_crash() -> None:
