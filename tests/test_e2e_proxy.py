@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -376,20 +377,21 @@ def worker_pids(daemon: Daemon) -> set[int]:
 
 
 def test_killed_worker_is_replaced(site: Site, processes: list) -> None:
+    metrics_port = free_port()
     with ThreadedEcho() as echo:
         routes = '[routes.all]\ndefault = true\npool = "p"\n'
-        daemon = launch(
-            site, config_text(site, routes, pool("p", [echo.port]), extra="workers = 2"), processes
+        text = config_text(site, routes, pool("p", [echo.port]), extra="workers = 2")
+        text = text.replace(
+            "[metrics]\nenabled = false", f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"'
         )
-        deadline = time.monotonic() + 10
-        while len(worker_pids(daemon)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        daemon = launch(site, text, processes)
+        daemon.wait_for_log("accepting on", count=2)
         before = worker_pids(daemon)
         assert len(before) == 2
         context = client_context(site.ca_pem)
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
-        daemon.wait_for_log("restarting")
+        daemon.wait_for_log("was killed by SIGKILL")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             after = worker_pids(daemon)
@@ -397,9 +399,21 @@ def test_killed_worker_is_replaced(site: Site, processes: list) -> None:
                 break
             time.sleep(0.05)
         assert len(after) == 2 and victim not in after
+        daemon.wait_for_log("accepting on", count=3)
         for i in range(20):
             payload = b"w%d" % i
             assert tls_exchange(site.port, "a.test", context, payload, len(payload)) == payload
+        # The parent's endpoint aggregates every worker's counters.
+        daemon.wait_for_log("end=ok", count=20)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+            exposition = response.read().decode()
+        handshakes = [
+            float(line.rsplit(" ", 1)[1])
+            for line in exposition.splitlines()
+            if line.startswith("tls13proxy_handshakes_total{")
+        ]
+        assert sum(handshakes) >= 20, exposition
+        assert "tls13proxy_worker_restarts_total 1.0" in exposition
         assert daemon.stop() == 0
 
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from cryptography import x509
 
 from proxy import selfsigned
 from proxy.backends import BackendPool, NoHealthyBackend, PoolOptions
-from proxy.demo import HTTPError, parse_head, render_page
-from proxy.health import HealthChecker, HealthCheckOptions, _status_ok
+from proxy.demo import HTTPError, parse_head, render_page, serve_demo
+from proxy.health import HealthChecker, HealthCheckOptions, _status_ok, check_server
 from proxy.routing import Route, RouteTable
 from proxy.settings import BackendAddress
 
@@ -194,3 +195,66 @@ def test_no_healthy_backend_fails_fast() -> None:
                 await pool.connect()
 
     trio.run(attempt)
+
+
+def test_demo_serves_keep_alive_head_and_close_over_a_stream() -> None:
+    async def main() -> None:
+        ours, theirs = trio.testing.memory_stream_pair()
+        info = {"TLS version": "TLSv1.3", "SNI": "demo.test"}
+
+        async def backend() -> None:
+            async with theirs:  # as the in-process wrapper does: close when the demo returns
+                await serve_demo(theirs, info)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backend)
+            await ours.send_all(
+                b"GET /a HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n\r\n"
+                b"HEAD /b HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+            )
+            received = b""
+            with trio.fail_after(5):
+                while chunk := await ours.receive_some(65536):
+                    received += chunk
+        responses = received.split(b"HTTP/1.1 200 OK")
+        assert len(responses) == 4  # three responses, then the server closed
+        assert b"TLS version: TLSv1.3" in responses[1] and b"SNI: demo.test" in responses[1]
+        assert responses[2].endswith(b"\r\n\r\n")  # HEAD: headers only
+        assert b"Connection: close" in responses[3] and b"<h1>" in responses[3]
+
+    trio.run(main)
+
+
+def test_http_health_check_against_real_servers() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    def server(status: int) -> ThreadingHTTPServer:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        return httpd
+
+    good, bad = server(200), server(503)
+    addresses = [BackendAddress("tcp", "127.0.0.1", s.server_address[1]) for s in (good, bad)]
+    pool = BackendPool("h", addresses, PoolOptions())
+    opts = HealthCheckOptions(http_path="/health", expect_status=(200, 200), timeout=2)
+
+    async def main() -> list[bool]:
+        return [await check_server(pool, server, opts) for server in pool.servers]
+
+    try:
+        assert trio.run(main) == [True, False]
+    finally:
+        for httpd in (good, bad):
+            httpd.shutdown()
+            httpd.server_close()
