@@ -38,6 +38,7 @@ from tls13.messages import ClientHello, Finished, HandshakeReassembler, ServerHe
 from tls13.record import RecordLayer
 from tls13.server import ServerConnection
 from tls13.suites import SUITES
+from tls13.tickets import SessionTicket
 from tls13.transcript import Transcript
 
 GREETING = b"hello from tls13\n"
@@ -418,6 +419,8 @@ class MiniClient:
         extra_extensions: Sequence[tuple[int, bytes]] = (),
         drop_extensions: Sequence[int] = (),
         random: bytes | None = None,
+        psk_modes: Sequence[int] | None = None,
+        ticket: SessionTicket | None = None,
     ) -> None:
 
         self.groups = tuple(groups)
@@ -432,6 +435,10 @@ class MiniClient:
         self.extra_extensions = list(extra_extensions)
         self.drop_extensions = set(drop_extensions)
         self.random = random if random is not None else _urandom(32)
+        # PSK offer (RFC 8446 §4.2.9, §4.2.11): modes to list, and a ticket to resume.
+        self.psk_modes = None if psk_modes is None else tuple(psk_modes)
+        self.ticket = ticket
+        self.resumed = False
         self.record = RecordLayer()
         self.transcript = Transcript()
         self.messages: list[tuple[int, bytes]] = []
@@ -466,17 +473,47 @@ class MiniClient:
         if self.cookie is not None:
             out.append((ExtensionType.cookie, ext.encode_cookie(self.cookie)))
         out += self.extra_extensions
+        if self.psk_modes is not None:
+            out.append((ExtensionType.psk_key_exchange_modes, ext.encode_psk_modes(self.psk_modes)))
+        if self.ticket is not None:
+            out.append((ExtensionType.pre_shared_key, self._psk_offer(bytes(self._binder_len()))))
         return [(t, body) for t, body in out if t not in self.drop_extensions]
+
+    def _binder_len(self) -> int:
+        assert self.ticket is not None
+        return SUITES[self.ticket.cipher_suite].hash_len
+
+    def _psk_offer(self, binder: bytes) -> bytes:
+        assert self.ticket is not None
+        age = self.ticket.obfuscated_age(time.time())
+        identity = ext.PskIdentity(self.ticket.ticket, age)
+        return ext.encode_offered_psks(ext.OfferedPsks((identity,), (binder,)))
+
+    def _bind(self, hello: ClientHello) -> ClientHello:
+        """§4.2.11.2: the binder is a Finished MAC over the transcript up to the binders."""
+        assert self.ticket is not None
+        suite = SUITES[self.ticket.cipher_suite]
+        schedule = KeySchedule(suite)
+        schedule.set_psk(self.ticket.psk)
+        partial = self.transcript.copy()
+        if partial.hash is None:
+            partial.set_hash(suite.hash)
+        partial.update(hello.truncated())
+        binder = finished_verify_data(suite.hash, schedule.binder_key(True), partial.digest())
+        return hello.with_binders([binder])
 
     def hello(self) -> bytes:
         """The ClientHello message (header included); it joins the transcript."""
 
-        message = ClientHello(
+        hello = ClientHello(
             random=self.random,
             legacy_session_id=self.session_id,
             cipher_suites=self.suites,
             extensions=self.extensions(),
-        ).serialize()
+        )
+        if self.ticket is not None and ExtensionType.pre_shared_key not in self.drop_extensions:
+            hello = self._bind(hello)
+        message = hello.serialize()
         self.transcript.update(message)
         return message
 
@@ -517,9 +554,11 @@ class MiniClient:
             self.transcript.set_hash(suite.hash)
         self.transcript.update(first[1])
         share = hello.key_share()
-        assert share is not None
-        shared = self.privates[share.group].exchange(share.key_exchange)
+        # psk_ke (RFC 8446 §4.2.9): no key_share, a zero (EC)DHE input (§7.1).
+        shared = None if share is None else self.privates[share.group].exchange(share.key_exchange)
+        self.resumed = hello.selected_identity() is not None
         schedule = KeySchedule(suite)
+        schedule.set_psk(self.ticket.psk if self.resumed and self.ticket is not None else None)
         schedule.set_shared_secret(shared)
         th = self.transcript.digest()
         c_hs = schedule.client_handshake_traffic_secret(th)

@@ -218,10 +218,36 @@ def test_client_hello_rejections(
         server.receive_data(b"\x16")
 
 
-def test_legacy_version_must_be_tls12(server: ServerConnection) -> None:
-    record = bytearray(MiniClient().hello_record())
-    record[9:11] = b"\x03\x01"  # ClientHello.legacy_version
-    expect_alert(server, bytes(record), AlertDescription.protocol_version)
+@pytest.mark.parametrize(
+    ("legacy_version", "versions", "alert"),
+    [
+        # rfc8446bis §4.1.2: TLS 1.3 offered, legacy_version not 0x0303 -> illegal_parameter.
+        (0x0301, (0x0304,), AlertDescription.illegal_parameter),
+        (0x0304, (0x0304,), AlertDescription.illegal_parameter),
+        # Appendix E.5: 0x0300 or less -> protocol_version, whatever else is offered.
+        (0x0300, (0x0304,), AlertDescription.protocol_version),
+        (0x0200, (0x0304,), AlertDescription.protocol_version),
+        # No TLS 1.3 in supported_versions -> protocol_version before legacy_version counts.
+        (0x0301, (0x0303, 0x0302), AlertDescription.protocol_version),
+        (0x0301, None, AlertDescription.protocol_version),
+    ],
+    ids=["tls10-legacy", "tls13-legacy", "ssl3", "ssl2", "tls12-client", "no-versions"],
+)
+def test_legacy_version_checks(
+    server: ServerConnection,
+    legacy_version: int,
+    versions: tuple[int, ...] | None,
+    alert: AlertDescription,
+) -> None:
+    record = bytearray(MiniClient(versions=versions).hello_record())
+    record[9:11] = legacy_version.to_bytes(2, "big")  # ClientHello.legacy_version
+    expect_alert(server, bytes(record), alert)
+    alert_record_sent(server, alert)
+
+
+def test_unknown_and_grease_versions_are_ignored(server: ServerConnection) -> None:
+    client = MiniClient(versions=(0x7A7A, 0x0305, 0x0304, 0x0303))
+    assert handshake(server, client).version == "TLSv1.3"
 
 
 def test_duplicate_key_share_groups(server: ServerConnection) -> None:

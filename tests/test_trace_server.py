@@ -177,7 +177,7 @@ def test_hello_retry_request_server_records_match_trace(monkeypatch: pytest.Monk
     trace_cookie = retry.cookie()
     assert retry.is_hello_retry_request and trace_cookie is not None
     # The cookie is opaque server state: inject the trace's (ours is MAC-protected).
-    monkeypatch.setattr(ServerConnection, "_make_cookie", lambda self, sel, digest: trace_cookie)
+    monkeypatch.setattr(ServerConnection, "_make_cookie", lambda self, *args: trace_cookie)
     private = trace["server create an ephemeral P-256 key pair: private key"]
     config = ServerConfig(
         certificates=_trace_store(trace),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 from cryptography import x509
 
+from .extensions import PSK_DHE_KE, PSK_KE
 from .groups import DEFAULT_GROUPS
 from .suites import DEFAULT_SUITES
 from .tickets import ReplayRegister
@@ -59,6 +60,16 @@ def _check_codes(name: str, codes: tuple[int, ...], allow_empty: bool = False) -
     for code in codes:
         if not isinstance(code, int) or not 0 <= code <= 0xFFFF:
             raise ValueError(f"{name}: {code!r} is not a 16-bit code point")
+
+
+def _check_psk_modes(modes: tuple[int, ...]) -> None:
+    if not isinstance(modes, tuple):
+        raise TypeError("psk_modes must be a tuple of PSK key exchange modes")
+    if not modes or len(set(modes)) != len(modes):
+        raise ValueError("psk_modes must list psk_dhe_ke and/or psk_ke, once each")
+    for mode in modes:
+        if mode not in (PSK_DHE_KE, PSK_KE):
+            raise ValueError(f"psk_modes: {mode!r} is not psk_ke (0) or psk_dhe_ke (1)")
 
 
 def _check_alpn(protocols: tuple[str, ...]) -> None:
@@ -144,6 +155,14 @@ class ServerConfig:
     unknown_name: Literal["default", "reject"] = "default"
     # Secret for the HelloRetryRequest cookie MAC; None = a random per-config key.
     cookie_secret: bytes | None = None
+    # RFC 8446 §4.2.2: keep no state between a HelloRetryRequest and ClientHello2; the
+    # cookie carries it (so any connection sharing cookie_secret can finish the handshake).
+    stateless_retry: bool = False
+    # How long (seconds) a stateless retry cookie stays valid after the HelloRetryRequest.
+    cookie_lifetime: int = 60
+    # RFC 8446 §4.2.9 PSK key exchange modes we resume with, most preferred first:
+    # psk_dhe_ke (forward secret) and psk_ke (PSK only, no (EC)DHE).
+    psk_modes: tuple[int, ...] = (PSK_DHE_KE, PSK_KE)
     # 0-RTT anti-replay strike register (RFC 8446 §8.2), shared by the listener's
     # connections; created automatically when max_early_data is set.
     anti_replay: ReplayRegister | None = None
@@ -173,6 +192,9 @@ class ServerConfig:
             raise ValueError("unknown_name must be 'default' or 'reject'")
         if self.max_early_data and self.anti_replay is None:
             object.__setattr__(self, "anti_replay", ReplayRegister(10.0, 100_000))
+        _check_psk_modes(self.psk_modes)
+        if not 1 <= self.cookie_lifetime <= 3600:
+            raise ValueError("cookie_lifetime must be within 1..3600 seconds")
         if self.cookie_secret is None:
             object.__setattr__(self, "cookie_secret", self.random(32))
         elif len(self.cookie_secret) < 16:

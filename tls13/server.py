@@ -12,6 +12,12 @@ States and the messages each accepts (anything else is unexpected_message)::
     CONNECTED ──(request_client_certificate)──> POST_WAIT_CERT ──Certificate──>
         [POST_WAIT_CV ──CertificateVerify──>] POST_WAIT_FINISHED ──Finished──> CONNECTED
 
+With ``stateless_retry`` the server forgets everything after a HelloRetryRequest:
+the cookie carries Hash(ClientHello1), the suite, the group and a fingerprint of
+what ClientHello2 must repeat, so a fresh connection in START accepts a
+ClientHello2 (RFC 8446 §4.2.2).  A resumption in psk_ke mode (§4.2.9) skips the
+(EC)DHE exchange: no key_share in the ServerHello, never a HelloRetryRequest.
+
 KeyUpdate, alerts, CCS and application data are handled by the base class
 (:mod:`tls13.connection`).
 
@@ -34,6 +40,7 @@ from . import events
 from . import extensions as ext
 from .alerts import AlertDescription, TLSError, handshake_failure, illegal_parameter
 from .certificates import CertificateChain, verify_chain
+from .codec import Reader, Writer
 from .config import X25519MLKEM768, ServerConfig
 from .connection import Connection, ConnectionStateError, Handler
 from .extensions import ExtensionType, KeyShareEntry
@@ -52,6 +59,7 @@ from .messages import (
     HandshakeType,
     NewSessionTicket,
     ServerHello,
+    message_hash,
 )
 from .signatures import SCHEMES, certificate_verify_input, check_certificate_fits
 from .suites import SUITES, CipherSuite
@@ -60,6 +68,7 @@ from .transcript import Transcript
 
 TLS13 = 0x0304
 LEGACY_VERSION = 0x0303
+SSL30 = 0x0300
 SERVER_CV_CONTEXT = b"TLS 1.3, server CertificateVerify"
 CLIENT_CV_CONTEXT = b"TLS 1.3, client CertificateVerify"
 
@@ -73,7 +82,10 @@ _HRR_MUTABLE_EXTENSIONS = frozenset(
         ExtensionType.pre_shared_key,
     }
 )
-_COOKIE_VERSION = 1
+_COOKIE_VERSION = 2
+_COOKIE_MAC_LEN = 32  # HMAC-SHA256
+# Clock disagreement tolerated between the servers that share a cookie_secret.
+_COOKIE_CLOCK_SKEW = 5
 # RFC 8446 §8.3: how far the client's ticket age may drift from ours for 0-RTT.
 _AGE_TOLERANCE_MS = 10_000
 # How much 0-RTT data we skip when we decline it (RFC 8446 §4.2.10) and 0-RTT is off.
@@ -111,8 +123,12 @@ class _Selection:
     """What the server chose from one ClientHello."""
 
     suite: CipherSuite
-    group: Group
-    share: KeyShareEntry | None  # None: no usable share, a HelloRetryRequest is needed
+    group: Group | None  # None: psk_ke resumption, no (EC)DHE at all (RFC 8446 §4.2.9)
+    share: KeyShareEntry | None  # None with a group: no usable share, HelloRetryRequest
+
+    @property
+    def needs_retry(self) -> bool:
+        return self.group is not None and self.share is None
 
 
 @dataclass(frozen=True)
@@ -123,6 +139,17 @@ class _Resumption:
     state: SessionState
     obfuscated_age: int
     first_binder: bytes  # anti-replay key for 0-RTT (§8.2)
+    mode: int  # psk_dhe_ke or psk_ke (§4.2.9)
+
+
+@dataclass(frozen=True)
+class _RetryCookie:
+    """What a verified HelloRetryRequest cookie tells us about ClientHello1."""
+
+    suite: int
+    group: int
+    ch1_hash: bytes
+    fingerprint: bytes  # _retry_fingerprint(ClientHello1)
 
 
 @dataclass
@@ -163,7 +190,7 @@ class ServerConnection(Connection):
             (ServerState.POST_WAIT_FINISHED, HandshakeType.finished): self._on_post_finished,
         }
         self._key_schedule: KeySchedule | None = None
-        self._first_hello: ClientHello | None = None
+        self._first_hello: ClientHello | None = None  # kept only without stateless_retry
         self._cookie = b""
         self._hrr_group: Group | None = None
         self._group: Group | None = None
@@ -178,7 +205,6 @@ class ServerConnection(Connection):
         self._client_app_secret = b""
         self._resumption_secret = b""
         self._sent_ccs = False
-        self._early_data_offered = False
         self._early_accepted = False
         self._early_received = 0
         self._psk_modes: tuple[int, ...] = ()
@@ -186,6 +212,9 @@ class ServerConnection(Connection):
         self._post_handshake_auth_offered = False
         self._peer_auth: _PeerAuth | None = None
         self._post_auth_requests = 0
+        # rfc8446bis Appendix A.1: a client may send alerts about post-ServerHello
+        # messages in the clear, so take unprotected alerts until its Finished.
+        self._record.accept_plaintext_alerts = True
 
     # ------------------------------------------------------------------ public extras
 
@@ -214,6 +243,10 @@ class ServerConnection(Connection):
         return self._handlers.get((self._state, msg_type))
 
     def _ccs_allowed(self) -> bool:
+        if self._state is ServerState.START and self._config.stateless_retry:
+            # rfc8446bis §4.2.2: a stateless server cannot tell the CCS a client sends
+            # between its ClientHellos from a stray one, and MUST ignore it.
+            return True
         return self._state in _CCS_STATES
 
     # ------------------------------------------------------------------ ClientHello
@@ -229,38 +262,98 @@ class ServerConnection(Connection):
                 offered_early_data=hello.early_data(),
             )
         )
+        if self._config.stateless_retry and hello.cookie() is not None:
+            # RFC 8446 §4.2.2: a ClientHello2 answering a HelloRetryRequest that we (or a
+            # server sharing our cookie_secret) sent; the cookie holds all we need.
+            return self._on_stateless_retry(hello, raw)
+        self._remember_client_hello(hello)
+        suite = self._select_suite(hello)
+        self._suite = suite
+        self._transcript = Transcript(suite.hash)
+        selection, resumption = self._negotiate(hello, suite)
+        if selection.needs_retry:
+            return self._send_hello_retry(hello, raw, selection)
+        return self._answer(hello, raw, selection, resumption, hello_retry=False)
+
+    def _remember_client_hello(self, hello: ClientHello) -> None:
+        """The ClientHello facts later messages depend on."""
         self._client_random = hello.random
-        self._early_data_offered = hello.early_data()
         self._post_handshake_auth_offered = hello.post_handshake_auth()
-        self._psk_modes = tuple(hello.psk_key_exchange_modes() or ())
-        if hello.pre_shared_key() is not None and hello.psk_key_exchange_modes() is None:
+        modes = hello.psk_key_exchange_modes()
+        if hello.pre_shared_key() is not None and modes is None:
             # RFC 8446 §4.2.9: a PSK offer without psk_key_exchange_modes must be refused.
             raise TLSError(AlertDescription.missing_extension, "no psk_key_exchange_modes")
-        selection = self._select(hello)
-        self._suite = selection.suite
-        self._transcript = Transcript(selection.suite.hash)
-        if selection.share is None:
-            return self._send_hello_retry(hello, raw, selection)
-        return self._answer(hello, raw, selection, hello_retry=False)
+        self._psk_modes = tuple(modes or ())
+
+    def _negotiate(
+        self, hello: ClientHello, suite: CipherSuite
+    ) -> tuple[_Selection, _Resumption | None]:
+        """The PSK and key exchange for a first ClientHello (RFC 8446 §4.1.1).
+
+        A psk_ke resumption needs no group; otherwise the group decides whether a
+        HelloRetryRequest is needed (the PSK is then re-checked in ClientHello2).
+        """
+        _check_key_exchange_extensions(hello)
+        resumption = self._accept_psk(hello, suite)
+        if resumption is not None and resumption.mode == ext.PSK_KE:
+            return _Selection(suite, None, None), resumption
+        return self._select(hello, suite), resumption
 
     def _on_client_hello_retry(self, raw: bytes) -> ServerState:
         hello = ClientHello.parse(raw[4:])
-        first = self._first_hello
-        assert first is not None and self._hrr_group is not None and self._suite is not None
         _check_version(hello)
+        if self._config.stateless_retry:
+            return self._on_stateless_retry(hello, raw)
+        first = self._first_hello
+        assert first is not None and self._hrr_group is not None
         _check_retry_consistency(first, hello)
         self._verify_cookie(hello.cookie())
+        return self._answer_retry(hello, raw, self._hrr_group)
+
+    def _on_stateless_retry(self, hello: ClientHello, raw: bytes) -> ServerState:
+        """ClientHello2 with nothing but its cookie to go on (RFC 8446 §4.2.2, §4.4.1)."""
+        cookie = hello.cookie()
+        retry = self._open_cookie(cookie)
+        assert cookie is not None
+        if not hmac.compare_digest(retry.fingerprint, _retry_fingerprint(hello)):
+            # §4.1.2: ClientHello2 must repeat ClientHello1 but for the listed changes.
+            raise illegal_parameter("second ClientHello changed fields or extensions")
+        suite, group = SUITES.get(retry.suite), GROUPS.get(retry.group)
+        config = self._config
+        if suite is None or group is None or len(retry.ch1_hash) != suite.hash_len:
+            raise illegal_parameter("retry cookie names an unknown suite or group")
+        if suite.code not in config.cipher_suites or group.code not in config.groups:
+            raise handshake_failure("retry cookie names a suite or group no longer configured")
+        self._remember_client_hello(hello)
+        self._suite = suite
+        self._transcript = Transcript(suite.hash)
+        # §4.4.1: message_hash(ClientHello1), then the HelloRetryRequest we sent, rebuilt
+        # byte for byte from ClientHello2 (it echoes our session id and our cookie).
+        self._transcript.update(message_hash(retry.ch1_hash))
+        self._transcript.update(_hello_retry_request(hello.legacy_session_id, suite, group, cookie))
+        # Appendix D.4: our compatibility CCS went out right after the HelloRetryRequest.
+        self._sent_ccs = self._sent_ccs or bool(hello.legacy_session_id)
+        return self._answer_retry(hello, raw, group)
+
+    def _answer_retry(self, hello: ClientHello, raw: bytes, group: Group) -> ServerState:
+        """Checks on ClientHello2 common to both retry modes, then the ServerHello."""
+        suite = self._suite
+        assert suite is not None
         # RFC 8446 §4.2.10: a client must not offer 0-RTT after a HelloRetryRequest.
         if hello.early_data():
             raise illegal_parameter("early_data in the second ClientHello")
         shares = _validated_shares(hello)
-        if len(shares) != 1 or shares[0].group != self._hrr_group.code:
+        if len(shares) != 1 or shares[0].group != group.code:
             # §4.2.8: exactly one share, for the group the HelloRetryRequest selected.
             raise illegal_parameter("second ClientHello lacks the requested key share")
-        if self._suite.code not in hello.cipher_suites:
+        if suite.code not in hello.cipher_suites:
             raise illegal_parameter("second ClientHello dropped the selected cipher suite")
-        selection = _Selection(self._suite, self._hrr_group, shares[0])
-        return self._answer(hello, raw, selection, hello_retry=True)
+        resumption = self._accept_psk(hello, suite)
+        if resumption is not None and resumption.mode == ext.PSK_KE:
+            selection = _Selection(suite, None, None)
+        else:
+            selection = _Selection(suite, group, shares[0])
+        return self._answer(hello, raw, selection, resumption, hello_retry=True)
 
     def _use_config(self, config: ServerConfig) -> None:
         """Adopt a per-name configuration (its Limits keep those the connection began with)."""
@@ -277,8 +370,7 @@ class ServerConnection(Connection):
         chosen = chooser(hello.server_name())
         return chosen if chosen is not None else self._config
 
-    def _select(self, hello: ClientHello) -> _Selection:
-        suite = self._select_suite(hello)
+    def _select(self, hello: ClientHello, suite: CipherSuite) -> _Selection:
         groups = hello.supported_groups()
         if groups is None:
             # RFC 8446 §9.2: a (EC)DHE handshake needs supported_groups and key_share.
@@ -325,44 +417,76 @@ class ServerConnection(Connection):
         self, hello: ClientHello, raw: bytes, selection: _Selection
     ) -> ServerState:
         """RFC 8446 §4.1.4: ask for a share in ``selection.group``, with a cookie."""
-        assert self._transcript is not None
+        assert self._transcript is not None and selection.group is not None
         self._transcript.update(raw)
-        if self._early_data_offered:
+        if hello.early_data():
             # §4.2.10: 0-RTT is never accepted after a HelloRetryRequest; skip it.
             self._record.skip_early_data(self._early_skip_limit())
-        self._first_hello = hello
-        self._hrr_group = selection.group
-        ch1_hash = self._transcript.digest()
-        self._cookie = self._make_cookie(selection, ch1_hash)
-        retry = ServerHello(
-            random=HELLO_RETRY_REQUEST_RANDOM,
-            legacy_session_id_echo=hello.legacy_session_id,
-            cipher_suite=selection.suite.code,
-            extensions=[
-                (ExtensionType.key_share, ext.encode_uint16_body(selection.group.code)),
-                (ExtensionType.cookie, ext.encode_cookie(self._cookie)),
-                (ExtensionType.supported_versions, ext.encode_uint16_body(TLS13)),
-            ],
+        cookie = self._make_cookie(hello, selection.suite, selection.group)
+        retry = _hello_retry_request(
+            hello.legacy_session_id, selection.suite, selection.group, cookie
         )
         # §4.4.1: ClientHello1 is replaced by message_hash in the transcript.
         self._transcript.replace_with_message_hash()
-        self._send_handshake(retry.serialize())
+        self._send_handshake(retry)
         self._maybe_send_ccs(hello)
+        if self._config.stateless_retry:
+            self._forget_retry()
+        else:
+            self._first_hello = hello
+            self._hrr_group = selection.group
+            self._cookie = cookie
         return ServerState.WAIT_CH2
 
-    def _make_cookie(self, selection: _Selection, ch1_hash: bytes) -> bytes:
+    def _forget_retry(self) -> None:
+        """Stateless retry (§4.2.2): drop what ClientHello2 and its cookie will restore."""
+        self._suite = None
+        self._transcript = None
+        self._client_random = b""
+        self._psk_modes = ()
+        self._post_handshake_auth_offered = False
+
+    def _make_cookie(self, hello: ClientHello, suite: CipherSuite, group: Group) -> bytes:
         """An HMAC-protected cookie binding the retry to ClientHello1 (RFC 8446 §4.2.2).
 
-        Layout: version, suite, group, Hash(CH1), then HMAC-SHA256 over all of it;
-        it lets a stateless deployment rebuild the transcript from CH2 alone.
+        Layout: version, issue time (seconds), suite, group, Hash(CH1), the
+        fingerprint of what CH2 must repeat, then HMAC-SHA256 over all of it; it
+        lets a stateless server rebuild the transcript and check CH2 from CH2 alone.
         """
-        body = (
-            bytes((_COOKIE_VERSION,))
-            + selection.suite.code.to_bytes(2, "big")
-            + selection.group.code.to_bytes(2, "big")
-            + ch1_hash
-        )
+        assert self._transcript is not None
+        writer = Writer()
+        writer.uint8(_COOKIE_VERSION)
+        writer.uint32(int(self._config.clock()) & 0xFFFFFFFF)
+        writer.uint16(suite.code)
+        writer.uint16(group.code)
+        writer.vector(1, self._transcript.digest())
+        writer.bytes(_retry_fingerprint(hello))
+        body = writer.getvalue()
         return body + self._cookie_mac(body)
+
+    def _open_cookie(self, cookie: bytes | None) -> _RetryCookie:
+        """Verify a stateless retry cookie: its MAC, then its age (RFC 8446 §4.2.2).
+
+        Every failure is illegal_parameter (rfc8446bis §6.2: a field "incorrect or
+        inconsistent"): the cookie is ours, and a client must echo it unchanged.
+        """
+        if cookie is None:
+            raise TLSError(AlertDescription.missing_extension, "second ClientHello lacks cookie")
+        body, mac = cookie[:-_COOKIE_MAC_LEN], cookie[-_COOKIE_MAC_LEN:]
+        if len(cookie) <= _COOKIE_MAC_LEN or not hmac.compare_digest(mac, self._cookie_mac(body)):
+            raise illegal_parameter("cookie does not verify")
+        reader = Reader(body)
+        if reader.uint8() != _COOKIE_VERSION:
+            raise illegal_parameter("cookie of another format version")
+        issued = reader.uint32()
+        suite, group = reader.uint16(), reader.uint16()
+        ch1_hash = reader.vector(1, 1)
+        fingerprint = reader.bytes(hashlib.sha256().digest_size)
+        reader.expect_end("cookie")
+        age = int(self._config.clock()) - issued
+        if not -_COOKIE_CLOCK_SKEW <= age <= self._config.cookie_lifetime:
+            raise illegal_parameter("cookie expired")
+        return _RetryCookie(suite, group, ch1_hash, fingerprint)
 
     def _cookie_mac(self, body: bytes) -> bytes:
         secret = self._config.cookie_secret
@@ -387,14 +511,20 @@ class ServerConnection(Connection):
     # ------------------------------------------------------------------ ServerHello and flight
 
     def _answer(
-        self, hello: ClientHello, raw: bytes, selection: _Selection, hello_retry: bool
+        self,
+        hello: ClientHello,
+        raw: bytes,
+        selection: _Selection,
+        resumption: _Resumption | None,
+        hello_retry: bool,
     ) -> ServerState:
-        assert selection.share is not None and self._transcript is not None
+        assert self._transcript is not None and not selection.needs_retry
+        # A key exchange without (EC)DHE only ever resumes (RFC 8446 §4.2.9 psk_ke).
+        assert selection.group is not None or resumption is not None
         self._hello_retry = hello_retry
         self._group = selection.group
         self._server_name = hello.server_name()
         self._alpn = self._select_alpn(hello)
-        resumption = self._accept_psk(hello, selection.suite)
         self._transcript.update(raw)
         schedule = KeySchedule(selection.suite)
         schedule.set_psk(resumption.state.psk if resumption is not None else None)
@@ -405,7 +535,7 @@ class ServerConnection(Connection):
             early_secret = schedule.client_early_traffic_secret(self._transcript.digest())
             self._log_secret("CLIENT_EARLY_TRAFFIC_SECRET", early_secret)
             self._set_read_secret(early_secret)
-        elif self._early_data_offered:
+        elif hello.early_data():
             # RFC 8446 §4.2.10: we decline 0-RTT, so skip the client's early records.
             self._record.skip_early_data(self._early_skip_limit())
         certificate = self._select_certificate(hello) if resumption is None else None
@@ -429,20 +559,15 @@ class ServerConnection(Connection):
         self, hello: ClientHello, selection: _Selection, resumption: _Resumption | None
     ) -> None:
         """ServerHello, then the handshake keys (RFC 8446 §4.1.3, §7.1)."""
-        assert selection.share is not None
-        private = None
-        if self._config.key_share_factory is not None:
-            private = self._config.key_share_factory(selection.group.code)
-        server_share, shared = selection.group.respond(
-            selection.share.key_exchange, self._config.random, private
-        )
         extensions: list[tuple[int, bytes]] = []
         if resumption is not None:
             extensions.append(
                 (ExtensionType.pre_shared_key, ext.encode_uint16_body(resumption.index))
             )
-        share = KeyShareEntry(selection.group.code, server_share)
-        extensions.append((ExtensionType.key_share, ext.encode_key_share_sh(share)))
+        shared: bytes | None = None  # psk_ke: §7.1 uses a zero (EC)DHE input
+        if selection.group is not None:
+            share, shared = self._key_exchange(selection)
+            extensions.append((ExtensionType.key_share, ext.encode_key_share_sh(share)))
         extensions.append((ExtensionType.supported_versions, ext.encode_uint16_body(TLS13)))
         server_hello = ServerHello(
             random=self._config.random(32),
@@ -454,13 +579,26 @@ class ServerConnection(Connection):
         self._maybe_send_ccs(hello)  # unprotected, so before the handshake keys
         self._start_handshake_keys(shared)
 
+    def _key_exchange(self, selection: _Selection) -> tuple[KeyShareEntry, bytes]:
+        """Our (EC)DHE or ML-KEM answer to the client's share: (our share, shared secret)."""
+        group, client_share = selection.group, selection.share
+        assert group is not None and client_share is not None
+        private = None
+        if self._config.key_share_factory is not None:
+            private = self._config.key_share_factory(group.code)
+        server_share, shared = group.respond(
+            client_share.key_exchange, self._config.random, private
+        )
+        return KeyShareEntry(group.code, server_share), shared
+
     # ------------------------------------------------------------------ resumption and 0-RTT
 
     def _accept_psk(self, hello: ClientHello, suite: CipherSuite) -> _Resumption | None:
         """Pick the first usable ticket and validate its binder (RFC 8446 §4.2.11)."""
         offered = hello.pre_shared_key()
         keyring = self._config.ticket_keys
-        if offered is None or keyring is None or ext.PSK_DHE_KE not in self._psk_modes:
+        mode = self._psk_mode(hello)
+        if offered is None or keyring is None or mode is None:
             return None
         now_ms = int(self._config.clock() * 1000)
         for index, identity in enumerate(offered.identities):
@@ -471,7 +609,18 @@ class ServerConnection(Connection):
             if ticket_suite is None or ticket_suite.hash.name != suite.hash.name:
                 continue  # the PSK's hash must match the negotiated suite's
             self._check_binder(hello, suite, state.psk, offered.binders[index])
-            return _Resumption(index, state, identity.obfuscated_ticket_age, offered.binders[0])
+            age = identity.obfuscated_ticket_age
+            return _Resumption(index, state, age, offered.binders[0], mode)
+        return None
+
+    def _psk_mode(self, hello: ClientHello) -> int | None:
+        """RFC 8446 §4.2.9: our most preferred mode the client offered; psk_dhe_ke
+        only when the hello allows an (EC)DHE exchange with us."""
+        groups = hello.supported_groups()
+        dhe_possible = groups is not None and bool(self._group_candidates(groups))
+        for mode in self._config.psk_modes:
+            if mode in self._psk_modes and (mode == ext.PSK_KE or dhe_possible):
+                return mode
         return None
 
     def _check_binder(
@@ -526,8 +675,10 @@ class ServerConnection(Connection):
         """RFC 8446 §4.6.1: NewSessionTickets after the client's Finished."""
         config = self._config
         keyring = config.ticket_keys
-        if keyring is None or not config.tickets or not self._psk_modes:
+        if keyring is None or not config.tickets:
             return
+        if not any(mode in self._psk_modes for mode in config.psk_modes):
+            return  # §4.2.9: the client could never use the ticket with us
         assert self._suite is not None
         for count in range(config.tickets):
             nonce = count.to_bytes(2, "big")
@@ -594,7 +745,7 @@ class ServerConnection(Connection):
             raise TLSError(AlertDescription.no_application_protocol, "no common ALPN protocol")
         return None
 
-    def _start_handshake_keys(self, shared: bytes) -> None:
+    def _start_handshake_keys(self, shared: bytes | None) -> None:
         assert self._transcript is not None and self._key_schedule is not None
         schedule = self._key_schedule
         schedule.set_shared_secret(shared)
@@ -757,6 +908,7 @@ class ServerConnection(Connection):
             self._transcript.digest()
         )
         self._set_read_secret(self._client_app_secret)
+        self._record.accept_plaintext_alerts = False  # every later alert is protected
         self._complete_handshake(self._handshake_info())
         self._issue_tickets()
         return ServerState.CONNECTED
@@ -777,13 +929,13 @@ class ServerConnection(Connection):
         return ServerState.CONNECTED
 
     def _handshake_info(self) -> events.HandshakeComplete:
-        assert self._suite is not None and self._group is not None
+        assert self._suite is not None
         certificates, identity = self._peer_identity()
         scheme = SCHEMES[self._scheme].name if self._scheme is not None else None
         return events.HandshakeComplete(
             version="TLSv1.3",
             cipher_suite=self._suite.name,
-            group=self._group.name,
+            group=self._group.name if self._group is not None else None,
             signature_scheme=scheme,
             server_name=self._server_name,
             alpn_protocol=self._alpn,
@@ -836,15 +988,35 @@ class ServerConnection(Connection):
 
 
 def _check_version(hello: ClientHello) -> None:
-    """RFC 8446 §4.2.1: only supported_versions negotiates TLS 1.3."""
+    """rfc8446bis §4.1.2, §4.2.1 and Appendix E: only supported_versions negotiates TLS 1.3.
+
+    Unknown (and GREASE) versions in supported_versions are ignored.
+    """
+    # Appendix E.5: a legacy_version of 0x0300 (SSL 3.0) or less is protocol_version.
+    if hello.legacy_version <= SSL30:
+        raise TLSError(AlertDescription.protocol_version, "SSL 3.0 or older ClientHello")
     versions = hello.supported_versions()
-    if versions is None:
+    if versions is None or TLS13 not in versions:
+        # §4.2.1: we speak TLS 1.3 only; a client without it gets protocol_version.
         raise TLSError(AlertDescription.protocol_version, "client does not offer TLS 1.3")
-    if TLS13 not in versions:
-        raise TLSError(AlertDescription.protocol_version, "client does not offer TLS 1.3")
-    # §4.1.2: legacy_version MUST be 0x0303 in a TLS 1.3 ClientHello.
+    # §4.1.2: "A server which receives a legacy_version value not equal to 0x0303
+    # MUST abort the handshake with an illegal_parameter alert."
     if hello.legacy_version != LEGACY_VERSION:
-        raise TLSError(AlertDescription.protocol_version, "legacy_version is not 0x0303")
+        raise illegal_parameter("legacy_version is not 0x0303")
+
+
+def _check_key_exchange_extensions(hello: ClientHello) -> None:
+    """RFC 8446 §9.2: supported_groups and key_share come together; a hello with
+    neither can only resume a PSK in psk_ke mode."""
+    has_groups = hello.supported_groups() is not None
+    if has_groups != (hello.key_shares() is not None):
+        raise TLSError(
+            AlertDescription.missing_extension, "supported_groups and key_share must come together"
+        )
+    if has_groups:
+        _validated_shares(hello)
+    elif hello.pre_shared_key() is None:
+        raise TLSError(AlertDescription.missing_extension, "no supported_groups or pre_shared_key")
 
 
 def _validated_shares(hello: ClientHello, groups: list[int] | None = None) -> list[KeyShareEntry]:
@@ -888,6 +1060,39 @@ def _check_retry_consistency(first: ClientHello, second: ClientHello) -> None:
 
 def _stable_extensions(hello: ClientHello) -> list[tuple[int, bytes]]:
     return [(t, body) for t, body in hello.extensions if t not in _HRR_MUTABLE_EXTENSIONS]
+
+
+def _retry_fingerprint(hello: ClientHello) -> bytes:
+    """SHA-256 over everything ClientHello2 must repeat from ClientHello1 (§4.1.2),
+    so a stateless server can check the repetition against the cookie."""
+    writer = Writer()
+    writer.uint16(hello.legacy_version)
+    writer.bytes(hello.random)
+    writer.vector(1, hello.legacy_session_id)
+    writer.uint16_list(2, hello.cipher_suites)
+    writer.vector(1, hello.legacy_compression_methods)
+    for ext_type, body in _stable_extensions(hello):
+        writer.uint16(ext_type)
+        writer.vector(2, body)
+    return hashlib.sha256(writer.getvalue()).digest()
+
+
+def _hello_retry_request(
+    session_id: bytes, suite: CipherSuite, group: Group, cookie: bytes
+) -> bytes:
+    """The HelloRetryRequest (RFC 8446 §4.1.4); deterministic, so a stateless server
+    rebuilds it for the transcript from what ClientHello2 echoes."""
+    retry = ServerHello(
+        random=HELLO_RETRY_REQUEST_RANDOM,
+        legacy_session_id_echo=session_id,
+        cipher_suite=suite.code,
+        extensions=[
+            (ExtensionType.key_share, ext.encode_uint16_body(group.code)),
+            (ExtensionType.cookie, ext.encode_cookie(cookie)),
+            (ExtensionType.supported_versions, ext.encode_uint16_body(TLS13)),
+        ],
+    )
+    return retry.serialize()
 
 
 def _wants_ocsp(hello: ClientHello) -> bool:
