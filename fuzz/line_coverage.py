@@ -35,7 +35,7 @@ def replay(target_name: str, directories: list[str]) -> dict[tuple[str, int], in
 
     tracer.runfunc(run_all)
     print(f"{len(files)} inputs replayed through run_{target_name}")
-    return tracer.results().counts  # type: ignore[no-any-return]
+    return tracer.results().counts
 
 
 def report(counts: dict[tuple[str, int], int]) -> None:

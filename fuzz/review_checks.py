@@ -19,7 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from engine_helpers import MiniClient, plaintext_record, pump  # noqa: E402
+from engine_helpers import (  # type: ignore[import-not-found]  # noqa: E402
+    MiniClient,
+    plaintext_record,
+    pump,
+)
 
 from fuzz.targets import client_config, fixed_pki, server_config  # noqa: E402
 from tls13 import events  # noqa: E402
@@ -123,20 +127,21 @@ def unsolicited_client_certificate_extension_accepted() -> bool:
     """R7: status_request in the client's CertificateEntry was never requested."""
     import tls13.client as client_module
 
-    original = client_module.CertificateEntry
+    name = "CertificateEntry"  # patched where client.py looks it up
+    original = vars(client_module)[name]
     ocsp = ext.encode_certificate_status(b"\x30\x03\x0a\x01\x00")
 
     def with_status(der: bytes, extensions: object = ()) -> object:
         return original(der, [(ext.ExtensionType.status_request, ocsp)])
 
-    client_module.CertificateEntry = with_status  # type: ignore[assignment,misc]
+    setattr(client_module, name, with_status)
     try:
         client = ClientConnection(_client_config(), server_name="localhost")
         client.start()
         server = ServerConnection(server_config())
         return _alert_of(lambda: pump(client, server)) is None
     finally:
-        client_module.CertificateEntry = original  # type: ignore[misc]
+        setattr(client_module, name, original)
 
 
 def plaintext_alert_after_server_hello_misreported() -> bool:
