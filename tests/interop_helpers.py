@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 TIMEOUT = 20.0
+_HANDSHAKE = 22  # TLS record content types (RFC 8446 §5.1)
+_APPLICATION_DATA = 23
 
 # --------------------------------------------------------------------------- certificates
 
@@ -210,6 +212,21 @@ class RecordingRelay:
                 if sock is client:
                     self.from_client += data
                 peers[sock].sendall(data)
+
+
+def first_flight(stream: bytes) -> bytes:
+    """What a replaying attacker sends: a client's ClientHello record, its compatibility
+    CCS and its first protected record (s_client sends a short early-data file as one
+    record, before EndOfEarlyData)."""
+    records = []
+    pos = 0
+    while pos + 5 <= len(stream):
+        end = pos + 5 + int.from_bytes(stream[pos + 3 : pos + 5], "big")
+        records.append(stream[pos:end])
+        pos = end
+    assert records and records[0][0] == _HANDSHAKE, "the stream does not start with a hello"
+    first_protected = next(i for i, r in enumerate(records) if r[0] == _APPLICATION_DATA)
+    return b"".join(records[: first_protected + 1])
 
 
 def send_raw(port: int, data: bytes, wait: float = 1.0) -> bytes:
@@ -409,3 +426,54 @@ class OpenSSLServer:
         if self.proc.poll() is None:
             self.proc.kill()
         self.finish()
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class RecordingBackend:
+    """A TCP echo backend that keeps what each connection delivered (for the daemon tests)."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.received: list[bytearray] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+
+    def __enter__(self) -> RecordingBackend:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._thread.join(timeout=TIMEOUT)
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            if not select.select([self._listener], [], [], 0.1)[0]:
+                continue
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            buffer = bytearray()
+            with self._lock:
+                self.received.append(buffer)
+            threading.Thread(target=self._echo, args=(sock, buffer), daemon=True).start()
+
+    def _echo(self, sock: socket.socket, buffer: bytearray) -> None:
+        sock.settimeout(TIMEOUT)
+        with sock:
+            try:
+                while data := sock.recv(65536):
+                    buffer += data
+                    sock.sendall(data)
+            except OSError:
+                return
+
+    def all_received(self) -> bytes:
+        with self._lock:
+            return b"".join(bytes(chunk) for chunk in self.received)

@@ -15,15 +15,14 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
-from engine_helpers import EngineServer, run_client, split_records, store_for
-from interop_helpers import Pki, RecordingRelay, make_pki, s_client, send_raw
+from engine_helpers import EngineServer, run_client, store_for
+from interop_helpers import Pki, RecordingRelay, first_flight, make_pki, s_client, send_raw
 from msg_helpers import SocketClient, start_openssl_server
 
 from tls13 import events
 from tls13.client import ClientConnection
 from tls13.config import ClientConfig, ServerConfig
 from tls13.events import NewSessionTicketReceived
-from tls13.record import APPLICATION_DATA, HANDSHAKE
 from tls13.tickets import SessionTicket, TicketKeyring
 
 pytestmark = [
@@ -139,7 +138,7 @@ def test_replayed_client_hello_and_early_data_are_refused(
     assert "Early data was accepted" in stdout
     # The attacker's copy: everything up to the end of the early data (the records
     # before the client's second flight: ClientHello, CCS, 0-RTT application data).
-    captured = _first_flight(bytes(relay.from_client))
+    captured = first_flight(bytes(relay.from_client))
     answer = send_raw(zero_rtt_server.port, captured)
     assert answer  # the server still answers the (valid) ClientHello with 1-RTT keys
     _, original, replay = zero_rtt_server.wait_for(3)
@@ -148,15 +147,6 @@ def test_replayed_client_hello_and_early_data_are_refused(
     hello = next(e for e in replay.events if isinstance(e, events.ClientHelloReceived))
     assert hello.offered_early_data
     assert replay.info is None  # the replayer cannot finish the handshake
-
-
-def _first_flight(stream: bytes) -> bytes:
-    """ClientHello, the compatibility CCS and the first protected record (the early data:
-    s_client sends a short file as one record, before any EndOfEarlyData)."""
-    records = split_records(stream)
-    assert records[0][0] == HANDSHAKE
-    first_protected = next(i for i, r in enumerate(records) if r[0] == APPLICATION_DATA)
-    return b"".join(records[: first_protected + 1])
 
 
 # ----------------------------------------------------------------------------- our client
