@@ -534,6 +534,8 @@ class MiniClient:
 
         self.record.receive(data)
         first = self.record.next_record()
+        while first is not None and first[0] == 20:  # a compatibility CCS (Appendix D.4)
+            first = self.record.next_record()
         assert first is not None and first[0] == 22, first
         hello = ServerHello.parse(first[1][4:])
         if hello.is_hello_retry_request:

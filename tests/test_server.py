@@ -537,6 +537,32 @@ def test_fatal_alert_during_handshake(server: ServerConnection) -> None:
     assert server.data_to_send() == b""
 
 
+def test_cleartext_alert_during_handshake(server: ServerConnection) -> None:
+    """rfc8446bis Appendix A.1: a client may send alerts about post-ServerHello
+    messages in the clear; it is the peer's alert, not unexpected_message."""
+    client = MiniClient()
+    server.receive_data(client.hello_record())
+    client.handle_server_hello(server.data_to_send())
+    with pytest.raises(TLSError) as caught:
+        server.receive_data(plaintext_record(21, bytes((2, AlertDescription.illegal_parameter))))
+    assert caught.value.sent_by_peer and caught.value.alert == AlertDescription.illegal_parameter
+    assert server.data_to_send() == b""
+
+
+def test_cleartext_handshake_after_key_change_is_unexpected(server: ServerConnection) -> None:
+    client = MiniClient()
+    server.receive_data(client.hello_record())
+    client.handle_server_hello(server.data_to_send())
+    finished = plaintext_record(22, client.finished_message)
+    expect_alert(server, finished, AlertDescription.unexpected_message)
+
+
+def test_cleartext_alert_after_handshake_is_unexpected(server: ServerConnection) -> None:
+    handshake(server, MiniClient())
+    cleartext = plaintext_record(21, bytes((2, AlertDescription.bad_certificate)))
+    expect_alert(server, cleartext, AlertDescription.unexpected_message)
+
+
 def test_malformed_alert_is_decode_error(server: ServerConnection) -> None:
     client = MiniClient()
     handshake(server, client)
@@ -723,3 +749,22 @@ def test_invalid_key_share_is_illegal_parameter(
     client = MiniClient(groups=(group,))
     client.privates = {group: SimpleNamespace(public=share)}  # type: ignore[dict-item]
     expect_alert(conn, client.hello_record(), AlertDescription.illegal_parameter)
+
+
+def test_no_early_data_skipping_after_the_second_hello(
+    make_config: Callable[..., ServerConfig],
+) -> None:
+    """Declined 0-RTT is skipped only until ClientHello2 (RFC 8446 §4.2.10); afterwards a
+    record that does not deprotect is bad_record_mac (§5.2), not silently dropped."""
+    conn = ServerConnection(make_config(groups=(P384,)))
+    client = MiniClient(
+        groups=(X25519, P384),
+        share_groups=(X25519,),
+        extra_extensions=[(ExtensionType.early_data, b"")],
+    )
+    conn.receive_data(client.hello_record())
+    client.extra_extensions = []
+    conn.receive_data(client.handle_server_hello(conn.data_to_send()))
+    conn.data_to_send()
+    junk = bytes.fromhex("1703030020") + bytes(32)
+    expect_alert(conn, junk, AlertDescription.bad_record_mac)
