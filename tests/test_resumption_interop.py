@@ -4,6 +4,7 @@ openssl s_client (``-sess_out``/``-sess_in``), gnutls-cli ``--resume`` and
 Python's ``ssl`` session reuse; tickets opened by a second server process that
 shares the key file; ticket key rotation; both PSK key exchange mode offers.
 A resumed handshake must not carry Certificate/CertificateVerify (RFC 8446 §2.2).
+psk_ke and psk_dhe_ke (§4.2.9): s_client offering both, and a matrix of offers.
 """
 
 from __future__ import annotations
@@ -11,16 +12,36 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engine_helpers import GREETING, EngineServer, run_client, store_for
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from engine_helpers import (
+    GREETING,
+    EngineServer,
+    MiniClient,
+    plaintext_record,
+    pump,
+    run_client,
+    split_records,
+    store_for,
+)
 from interop_helpers import Pki, ServerProcess, make_pki, s_client
 
 from tls13 import events
-from tls13.config import ServerConfig
-from tls13.tickets import TicketKeyring
+from tls13 import extensions as ext
+from tls13.client import ClientConnection
+from tls13.config import ClientConfig, ServerConfig
+from tls13.extensions import PSK_DHE_KE, PSK_KE, ExtensionType
+from tls13.keyschedule import KeySchedule, finished_verify_data
+from tls13.messages import ClientHello, ServerHello
+from tls13.server import ServerConnection
+from tls13.suites import SUITES
+from tls13.tickets import SessionTicket, TicketKeyring
+from tls13.transcript import transcript_hash
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,17 +118,24 @@ def test_openssl_resumes_without_certificate(
 
 
 @needs_openssl
-def test_openssl_offering_psk_ke_too_gets_psk_dhe_ke(
-    server: EngineServer, pki: Pki, tmp_path: Path
+@pytest.mark.parametrize(
+    ("server_modes", "group"),
+    [((PSK_DHE_KE, PSK_KE), "x25519"), ((PSK_KE, PSK_DHE_KE), None)],
+    ids=["prefer-psk_dhe_ke", "prefer-psk_ke"],
+)
+def test_openssl_offering_both_modes_gets_our_preferred(
+    pki: Pki, tmp_path: Path, server_modes: tuple[int, ...], group: str | None
 ) -> None:
     # -allow_no_dhe_kex makes OpenSSL offer psk_ke besides psk_dhe_ke (RFC 8446 §4.2.9);
-    # we only ever pick psk_dhe_ke, so the ServerHello carries a key_share.
+    # the server's psk_modes order decides.  psk_ke: no key_share in the ServerHello.
     session = tmp_path / "session.pem"
-    first_session(server.port, pki, session, "-allow_no_dhe_kex")
-    resumed = resume(server.port, pki, session, "-allow_no_dhe_kex")
+    with EngineServer(config_for(pki, psk_modes=server_modes)) as server:
+        first_session(server.port, pki, session, "-allow_no_dhe_kex")
+        resumed = resume(server.port, pki, session, "-allow_no_dhe_kex", "-msg")
+        _, second = server.wait_for(2)
     assert REUSED in resumed
-    _, second = server.wait_for(2)
-    assert second.info is not None and second.info.resumed and second.info.group == "x25519"
+    assert "Certificate" not in server_messages(resumed)
+    assert second.info is not None and second.info.resumed and second.info.group == group
 
 
 @needs_openssl
@@ -207,3 +235,72 @@ def test_python_ssl_session_reuse(server: EngineServer, pki: Pki) -> None:
     first, second = server.wait_for(2)
     assert first.info is not None and not first.info.resumed
     assert second.info is not None and second.info.resumed
+
+
+# ----------------------------------------------------------------------------- mode matrix
+# No installed client can offer psk_ke alone for a resumption ticket (OpenSSL 3.0 always
+# adds psk_dhe_ke; gnutls-cli uses psk_ke only for external PSKs), so these hellos are
+# built here, with a real ticket and binder, and fed to the engine in memory.
+
+
+@pytest.mark.parametrize(
+    ("server_modes", "offered", "expected"),
+    [
+        ((PSK_DHE_KE, PSK_KE), (PSK_KE,), PSK_KE),
+        ((PSK_DHE_KE,), (PSK_KE,), None),  # nothing in common: a full handshake
+        ((PSK_KE,), (PSK_DHE_KE,), None),
+        ((PSK_DHE_KE, PSK_KE), (PSK_KE, PSK_DHE_KE), PSK_DHE_KE),  # our order wins
+    ],
+)
+def test_psk_key_exchange_modes(
+    pki: Pki, server_modes: tuple[int, ...], offered: tuple[int, ...], expected: int | None
+) -> None:
+    keyring = TicketKeyring.generate()
+    ticket = ticket_from(config_for(pki, keyring))  # issued under the default modes
+    server = ServerConnection(config_for(pki, keyring, psk_modes=server_modes))
+    server.receive_data(psk_hello_record(ticket, offered))
+    hello, *rest = split_records(server.data_to_send())
+    answer = ServerHello.parse(hello[5 + 4 :])
+    if expected is None:
+        # RFC 8446 §4.2.9: no common mode, so the PSK is ignored: a full handshake,
+        # whose encrypted flight carries the certificate chain.
+        assert answer.selected_identity() is None and answer.key_share() is not None
+        assert len(b"".join(rest)) > len(pki.server.cert.public_bytes(Encoding.DER))
+        return
+    assert answer.selected_identity() == 0
+    assert len(b"".join(rest)) < len(pki.server.cert.public_bytes(Encoding.DER))  # no chain
+    # psk_ke: no key_share at all; psk_dhe_ke: an (EC)DHE share as usual.
+    assert (answer.key_share() is None) is (expected == PSK_KE)
+
+
+def ticket_from(config: ServerConfig) -> SessionTicket:
+    client = ClientConnection(ClientConfig(ca_certificates=(pki_ca(config),)), "localhost")
+    client.start()
+    client_events, _ = pump(client, ServerConnection(config))
+    return next(e.ticket for e in client_events if isinstance(e, events.NewSessionTicketReceived))
+
+
+def pki_ca(config: ServerConfig) -> x509.Certificate:
+    """The root at the end of the server's chain (make_pki writes leaf + CA)."""
+    return config.certificates.default.certificates[-1]
+
+
+def psk_hello_record(ticket: SessionTicket, modes: tuple[int, ...]) -> bytes:
+    """A ClientHello offering ``ticket`` with the given psk_key_exchange_modes."""
+    suite = SUITES[ticket.cipher_suite]
+    client = MiniClient(
+        suites=(ticket.cipher_suite,),
+        extra_extensions=[(ExtensionType.psk_key_exchange_modes, ext.encode_psk_modes(modes))],
+    )
+    identity = ext.PskIdentity(ticket.ticket, ticket.obfuscated_age(time.time()))
+    offer = ext.OfferedPsks((identity,), (bytes(suite.hash_len),))
+    extensions = [
+        *client.extensions(),
+        (ExtensionType.pre_shared_key, ext.encode_offered_psks(offer)),
+    ]
+    hello = ClientHello(client.random, b"", (ticket.cipher_suite,), extensions)
+    schedule = KeySchedule(suite)
+    schedule.set_psk(ticket.psk)
+    binder_input = transcript_hash(suite.hash, hello.truncated())
+    binder = finished_verify_data(suite.hash, schedule.binder_key(True), binder_input)
+    return plaintext_record(22, hello.with_binders([binder]).serialize(), version=0x0301)
