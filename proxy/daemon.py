@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -58,15 +58,18 @@ RELOAD_ERRORS = (ConfigError, OSError, ValueError)
 # -- binding ------------------------------------------------------------------------------
 
 
+Activated = Sequence[tuple[str, socket.socket]]
+"""Sockets from systemd socket activation with their FileDescriptorName."""
+
+
 def bind_listeners(
-    settings: Settings, reuse_port: bool = False, activated: Sequence[socket.socket] = ()
+    settings: Settings, reuse_port: bool = False, activated: Activated = ()
 ) -> ListenerSockets:
     """Listening sockets per listener: systemd-activated ones by name, else bound here."""
-    by_name = _activated_by_name(activated)
     bound: ListenerSockets = {}
     try:
         for listener in settings.listeners:
-            bound[listener.name] = _sockets_for(listener, reuse_port, by_name, activated)
+            bound[listener.name] = _sockets_for(listener, reuse_port, activated)
     except BaseException:
         for sockets in bound.values():
             for sock in sockets:
@@ -75,26 +78,19 @@ def bind_listeners(
     return bound
 
 
-def _activated_by_name(activated: Sequence[socket.socket]) -> dict[str, list[socket.socket]]:
-    names: dict[str, list[socket.socket]] = {}
-    for sock in activated:
-        names.setdefault(getattr(sock, "fd_name", ""), []).append(sock)
-    return names
-
-
 def _sockets_for(
-    listener: ListenerSettings,
-    reuse_port: bool,
-    activated_by_name: Mapping[str, list[socket.socket]],
-    activated: Sequence[socket.socket],
+    listener: ListenerSettings, reuse_port: bool, activated: Activated
 ) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     for address in listener.addresses:
-        if address.systemd_name is not None:
-            chosen = activated_by_name.get(address.systemd_name, []) if address.systemd_name else []
-            sockets.extend(chosen or list(activated))
+        if address.systemd_name is None:
+            sockets.extend(bind_addresses(address.host, address.port, listener.backlog, reuse_port))
             continue
-        sockets.extend(bind_addresses(address.host, address.port, listener.backlog, reuse_port))
+        wanted = address.systemd_name  # "" = every socket systemd passed
+        chosen = [sock for name, sock in activated if not wanted or name == wanted]
+        if not chosen:
+            raise OSError(f"listener {listener.name}: systemd passed no socket for {address}")
+        sockets.extend(chosen)
     for sock in sockets:
         sock.setblocking(False)
     return sockets
@@ -510,12 +506,9 @@ EXIT_STARTUP_FAILED = 1
 STARTUP_ERRORS = (OSError, ValueError, PrivilegeError)
 
 
-def activated_sockets() -> list[socket.socket]:
-    """Sockets passed by systemd socket activation, tagged with their FileDescriptorName."""
-    activated = systemd.listen_fds_with_names()
-    for name, sock in activated:
-        sock.fd_name = name  # type: ignore[attr-defined]
-    return [sock for _, sock in activated]
+def activated_sockets() -> list[tuple[str, socket.socket]]:
+    """Sockets passed by systemd socket activation, with their FileDescriptorName."""
+    return systemd.listen_fds_with_names()
 
 
 def startup_error(exc: BaseException) -> BaseException | None:

@@ -41,6 +41,7 @@ import trio
 
 from proxy import metrics, systemd
 from proxy.daemon import (
+    Activated,
     ListenerSockets,
     ProxyProcess,
     activated_sockets,
@@ -170,9 +171,7 @@ def _worker_environment() -> dict[str, str]:
     return env
 
 
-def make_slots(
-    settings: Settings, count: int, activated: Sequence[socket.socket] = ()
-) -> list[WorkerSlot]:
+def make_slots(settings: Settings, count: int, activated: Activated = ()) -> list[WorkerSlot]:
     """Bind every slot's sockets (SO_REUSEPORT); activated sockets are shared by all slots."""
     return [
         WorkerSlot(i, bind_listeners(settings, reuse_port=True, activated=activated))
