@@ -309,3 +309,32 @@ def test_worker_mode_reload_with_new_listener_replaces_workers(site: Site, proce
         assert tls_exchange(second, "a.test", context, b"new", 3) == b"new"
         assert tls_exchange(site.port, "a.test", context, b"old", 3) == b"old"
         assert daemon.stop() == 0
+
+
+def test_ipv4_and_ipv6_listeners_with_their_own_tls_settings(site: Site, processes: list) -> None:
+    v6_port = free_port("::1")
+    with ThreadedEcho() as echo:
+        routes = '[routes.all]\ndefault = true\npool = "p"\n'
+        text = (
+            config_text(site, routes, pool("p", [echo.port]))
+            + f"""
+[listeners.v6]
+addresses = ["[::1]:{v6_port}"]
+
+[listeners.v6.tls]
+cipher_suites = ["TLS_CHACHA20_POLY1305_SHA256"]
+alpn = ["h2"]
+"""
+        )
+        launch(site, text, processes)
+        v4 = client_context(site.ca_pem, ["h2", "http/1.1"])
+        raw = socket.create_connection(("127.0.0.1", site.port), timeout=10)
+        with v4.wrap_socket(raw, server_hostname="a.test") as tls:
+            assert tls.cipher()[0] == "TLS_AES_128_GCM_SHA256"
+            assert tls.selected_alpn_protocol() == "http/1.1"
+        raw = socket.create_connection(("::1", v6_port), timeout=10)
+        with v4.wrap_socket(raw, server_hostname="a.test") as tls:
+            assert tls.cipher()[0] == "TLS_CHACHA20_POLY1305_SHA256"
+            assert tls.selected_alpn_protocol() == "h2"
+            tls.sendall(b"six")
+            assert recv_exactly(tls, 3) == b"six"
