@@ -5,7 +5,8 @@ requires a client certificate; the alert each failure earns (RFC 8446 §6.2,
 rfc8446bis §4.4.2.4): none -> certificate_required (116), untrusted CA ->
 unknown_ca (48), expired -> certificate_expired (45), a serverAuth-only
 certificate -> unsupported_certificate (43); ``optional`` mode; a resumed
-session keeps the identity it was issued for.
+session keeps the identity it was issued for.  And our client's certificate
+against ``openssl s_server -Verify 1``: resumption, and an expired certificate.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from engine_helpers import (
     HTTP_RESPONSE,
     ConnectionRecord,
@@ -24,9 +26,13 @@ from engine_helpers import (
     store_for,
 )
 from interop_helpers import Pki, make_pki, run_until_exit, s_client
+from msg_helpers import SocketClient, start_openssl_server
 
-from tls13.alerts import AlertDescription
-from tls13.config import ServerConfig
+from tls13.alerts import AlertDescription, TLSError
+from tls13.certificates import CertificateChain
+from tls13.client import ClientConnection
+from tls13.config import ClientConfig, ServerConfig
+from tls13.events import NewSessionTicketReceived
 from tls13.tickets import TicketKeyring
 
 pytestmark = [
@@ -166,3 +172,66 @@ def test_refused_client_certificates(
     # s_client reports the alert we sent, by name and by number.
     assert text in output, output
     assert f"SSL alert number {int(alert)}" in output
+
+
+# ----------------------------------------------------------------------------- our client
+
+
+def _client_with(pki: Pki, certificate: CertificateChain | None, **kw: object) -> ClientConnection:
+    config = ClientConfig(ca_certificates=(pki.ca.cert,), certificate=certificate)
+    return ClientConnection(config, server_name="localhost", **kw)  # type: ignore[arg-type]
+
+
+def _chain(cert: Path, key: Path) -> CertificateChain:
+    return CertificateChain.from_pem(cert.read_bytes(), key.read_bytes())
+
+
+def _verifying_s_server(pki: Pki, processes: list[subprocess.Popen[bytes]], naccept: int) -> int:
+    port = free_port()
+    extra = ["-Verify", "1", "-verifyCAfile", str(pki.ca_file), "-verify_return_error"]
+    process = start_openssl_server(
+        port, str(pki.server_chain), str(pki.server_key), extra, naccept=naccept
+    )
+    processes.append(process)
+    return port
+
+
+def test_our_client_resumes_against_s_server_requiring_certificates(
+    pki: Pki, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    port = _verifying_s_server(pki, processes, naccept=3)
+    chain = _chain(pki.client_cert, pki.client_key)
+    client = SocketClient(_client_with(pki, chain), port)
+    try:
+        client.handshake()
+        client.conn.send_data(b"GET / HTTP/1.0\r\n\r\n")
+        first_page = client.read_to_eof()
+    finally:
+        client.close()
+    assert b"alice.example" in first_page  # s_server -www shows the verified client cert
+    ticket = next(e.ticket for e in client.events if isinstance(e, NewSessionTicketReceived))
+    again = SocketClient(_client_with(pki, chain, session=ticket), port)
+    try:
+        info = again.handshake()
+        # The PSK carries the client authentication: no CertificateRequest this time.
+        assert info.resumed and info.peer_certificates == ()
+        again.conn.send_data(b"GET / HTTP/1.0\r\n\r\n")
+        assert again.read_to_eof().startswith(b"HTTP/1.0 200 ok")
+    finally:
+        again.close()
+
+
+def test_our_expired_certificate_is_refused_by_s_server(
+    pki: Pki, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    port = _verifying_s_server(pki, processes, naccept=2)
+    chain = _chain(pki.expired_cert, pki.expired_key)
+    client = SocketClient(_client_with(pki, chain), port)
+    try:
+        client.conn.start()
+        with pytest.raises(TLSError) as refused:
+            client.until(lambda: False)
+    finally:
+        client.close()
+    assert refused.value.sent_by_peer
+    assert refused.value.alert == AlertDescription.certificate_expired
