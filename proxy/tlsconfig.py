@@ -105,17 +105,25 @@ def _codes(names: tuple[str, ...], table: dict[str, int]) -> tuple[int, ...]:
     return tuple(table[name] for name in names)
 
 
+_keylog_writers: dict[Path, Callable[[str], None]] = {}
+
+
 def _keylogger(path: Path | None) -> Callable[[str], None] | None:
-    """NSS key log lines for debugging (the settings document the danger)."""
+    """NSS key log lines for debugging (the settings document the danger); one open file per
+    path for the life of the process, however often the configuration is reloaded."""
     if path is None:
         return None
-    handle: IO[str] = open(path, "a", encoding="ascii")  # noqa: SIM115 - lives with the config
+    writer = _keylog_writers.get(path)
+    if writer is not None:
+        return writer
+    handle: IO[str] = open(path, "a", encoding="ascii")  # noqa: SIM115 - kept open on purpose
     log.warning("TLS key logging to %s is ON: every session secret is written there", path)
 
     def write(line: str) -> None:
         handle.write(line + "\n")
         handle.flush()
 
+    _keylog_writers[path] = write
     return write
 
 
@@ -170,6 +178,7 @@ def _base_config(
         alpn_protocols=tls.alpn or table.alpn_protocols(),
         alpn_required=tls.alpn_required and bool(tls.alpn or table.alpn_protocols()),
         record_padding=tls.record_padding,
+        stateless_retry=tls.stateless_hrr,
         tickets=tls.tickets.count if tickets_on else 0,
         ticket_lifetime=int(tls.tickets.lifetime),
         ticket_keys=ticket_keys if tickets_on else None,
