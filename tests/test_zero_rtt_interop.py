@@ -218,3 +218,23 @@ def _early_connection(
     finally:
         client.close()
     return info
+
+
+# ----------------------------------------------------------------------------- gnutls-cli
+
+
+@pytest.mark.skipif(shutil.which("gnutls-cli") is None, reason="gnutls-cli missing")
+def test_gnutls_early_data_accepted(
+    zero_rtt_server: EngineServer, pki: Pki, early_file: Path
+) -> None:
+    argv = ["gnutls-cli", "--port", str(zero_rtt_server.port), "--x509cafile", str(pki.ca_file)]
+    argv += ["--sni-hostname", "localhost", "--verify-hostname", "localhost"]
+    argv += ["--resume", "--earlydata", str(early_file), "127.0.0.1"]
+    run_client(argv, [b"late\n"], wait_for=b"This is a resumed session")
+    first, second = zero_rtt_server.wait_for(2)
+    assert first.info is not None and not first.info.resumed
+    assert early_data_of(first.events) == b""
+    assert second.error is None and second.info is not None
+    assert second.info.resumed and second.info.early_data_accepted
+    assert early_data_of(second.events) == EARLY
+    assert bytes(second.received) == b"late\n"
