@@ -9,6 +9,8 @@ post_handshake_auth is never asked.
 from __future__ import annotations
 
 import shutil
+import socket
+import ssl
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,29 @@ def answer_request(client: SocketClient) -> None:
             client.sock.sendall(answer)
             return
     raise AssertionError("no post-handshake CertificateRequest arrived")
+
+
+# ----------------------------------------------------------------------------- Python ssl
+
+
+def test_python_ssl_post_handshake_auth(pki: Pki) -> None:
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    context.post_handshake_auth = True  # offer post_handshake_auth (RFC 8446 §4.2.6)
+    expected = b"authenticated as alice.example\n"
+    with EngineServer(config_for(pki), behaviour=ask_after_handshake) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                received = b""
+                # Reading processes the CertificateRequest; OpenSSL answers by itself.
+                while not received.endswith(expected):
+                    chunk = tls.recv(4096)
+                    assert chunk, received
+                    received += chunk
+                assert received == GREETING + expected
+                tls.unwrap()
+        (record,) = server.wait_for(1)
+    assert record.error is None
+    identity = received_identity(record).identity
+    assert identity is not None and identity.names == ("alice.example",)
