@@ -1,6 +1,6 @@
 """Issue 3: real clients resume against our ServerConnection and say so.
 
-openssl s_client (``-sess_out``/``-sess_in``), gnutls-cli ``--resume`` and
+openssl s_client (``-sess_out``/``-sess_in``), gnutls-cli ``--resume``, curl and
 Python's ``ssl`` session reuse; tickets opened by a second server process that
 shares the key file; ticket key rotation; both PSK key exchange mode offers.
 A resumed handshake must not carry Certificate/CertificateVerify (RFC 8446 §2.2).
@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from engine_helpers import (
     GREETING,
     EngineServer,
     MiniClient,
+    http_behaviour,
     plaintext_record,
     pump,
     run_client,
@@ -304,3 +306,26 @@ def psk_hello_record(ticket: SessionTicket, modes: tuple[int, ...]) -> bytes:
     binder_input = transcript_hash(suite.hash, hello.truncated())
     binder = finished_verify_data(suite.hash, schedule.binder_key(True), binder_input)
     return plaintext_record(22, hello.with_binders([binder]).serialize(), version=0x0301)
+
+
+# ----------------------------------------------------------------------------- curl
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_curl_resumes_its_second_connection(pki: Pki) -> None:
+    # Our HTTP behaviour closes each connection, so curl's second URL needs a new one,
+    # for which it offers the ticket it cached from the first.
+    config = config_for(pki, alpn_protocols=("http/1.1",))
+    with EngineServer(config, behaviour=http_behaviour) as server:
+        url = f"https://localhost:{server.port}/"
+        argv = ["curl", "-sSv", "--tlsv1.3", "--cacert", str(pki.ca_file), "--max-time", "15"]
+        argv += ["--resolve", f"localhost:{server.port}:127.0.0.1", url, url]
+        proc = subprocess.run(argv, capture_output=True, timeout=30)
+        first, second = server.wait_for(2)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"ok\nok\n"
+    trace = proc.stderr.decode(errors="replace")
+    before, after = trace.split("SSL re-using session ID", 1)
+    assert "Certificate (11)" in before and "Certificate (11)" not in after
+    assert first.info is not None and not first.info.resumed
+    assert second.info is not None and second.info.resumed
