@@ -235,3 +235,20 @@ def test_our_expired_certificate_is_refused_by_s_server(
         client.close()
     assert refused.value.sent_by_peer
     assert refused.value.alert == AlertDescription.certificate_expired
+
+
+# ----------------------------------------------------------------------------- gnutls-cli
+
+
+@pytest.mark.skipif(shutil.which("gnutls-cli") is None, reason="gnutls-cli missing")
+def test_gnutls_with_certificate(pki: Pki) -> None:
+    with EngineServer(config_for(pki, "required")) as server:
+        argv = ["gnutls-cli", "--port", str(server.port), "--x509cafile", str(pki.ca_file)]
+        argv += ["--sni-hostname", "localhost", "--verify-hostname", "localhost"]
+        argv += ["--x509certfile", str(pki.client_cert), "--x509keyfile", str(pki.client_key)]
+        run = run_client([*argv, "127.0.0.1"], [b"ping\n"])
+        record = only_record(server)
+    assert "ping" in run.stdout
+    assert record.error is None and record.info is not None
+    assert record.info.client_identity is not None
+    assert record.info.client_identity.names == ("alice.example",)

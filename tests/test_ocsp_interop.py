@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import shutil
+from pathlib import Path
 
 import pytest
 from certs import make_leaf
@@ -101,3 +102,16 @@ def test_no_staple_without_status_request_or_response(pki: Pki) -> None:
     with serve(chain_with(pki, None)) as server:
         asked = run_client(s_client(server.port, pki.ca_file, "-status"), [b"ping\n"])
     assert "OCSP response: no response sent" in asked.stdout
+
+
+@pytest.mark.skipif(shutil.which("gnutls-cli") is None, reason="gnutls-cli missing")
+@pytest.mark.timeout(60)
+def test_gnutls_saves_our_staple(pki: Pki, tmp_path: Path) -> None:
+    response = fresh_response(pki)
+    saved = tmp_path / "staple.der"
+    with serve(chain_with(pki, response)) as server:
+        argv = ["gnutls-cli", "--port", str(server.port), "--x509cafile", str(pki.ca_file)]
+        argv += ["--sni-hostname", "localhost", "--verify-hostname", "localhost"]
+        argv += ["--save-ocsp", str(saved), "127.0.0.1"]
+        run_client(argv, [b"ping\n"])
+    assert saved.read_bytes() == response  # byte for byte what we configured

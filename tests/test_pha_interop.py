@@ -181,3 +181,21 @@ def test_python_ssl_post_handshake_auth(pki: Pki) -> None:
     assert record.error is None
     identity = received_identity(record).identity
     assert identity is not None and identity.names == ("alice.example",)
+
+
+# ----------------------------------------------------------------------------- gnutls-cli
+
+
+@pytest.mark.skipif(shutil.which("gnutls-cli") is None, reason="gnutls-cli missing")
+def test_gnutls_post_handshake_auth(pki: Pki) -> None:
+    with EngineServer(config_for(pki), behaviour=ask_after_handshake) as server:
+        argv = ["gnutls-cli", "--port", str(server.port), "--x509cafile", str(pki.ca_file)]
+        argv += ["--sni-hostname", "localhost", "--verify-hostname", "localhost"]
+        argv += ["--post-handshake-auth"]
+        argv += ["--x509certfile", str(pki.client_cert), "--x509keyfile", str(pki.client_key)]
+        run = run_client([*argv, "127.0.0.1"], [b"after\n"], wait_for=b"authenticated as alice")
+        (record,) = server.wait_for(1)
+    assert "Re-auth was performed" in run.stdout
+    assert record.error is None and bytes(record.received) == b"after\n"
+    identity = received_identity(record).identity
+    assert identity is not None and identity.names == ("alice.example",)
