@@ -92,6 +92,8 @@ class Supervisor:
     slots: list[WorkerSlot] = field(default_factory=list)
     stopping: bool = False
     restarts: int = 0
+    # Serialises control lines: a key rotation may coincide with a worker's bootstrap.
+    control_lock: trio.Lock = field(default_factory=trio.Lock)
 
     def bootstrap(self, slot: WorkerSlot) -> tuple[bytes, list[int]]:
         """The first control line for a worker and the descriptors it inherits."""
@@ -117,7 +119,8 @@ class Supervisor:
             )
             slot.process, slot.started = process, time.monotonic()
             assert process.stdin is not None
-            await process.stdin.send_all(line)
+            async with self.control_lock:
+                await _send_control(process, line)
             log.info("worker %d started (pid %d)", slot.index, process.pid)
             status = await process.wait()
             metrics.mark_worker_dead(process.pid)
@@ -154,13 +157,20 @@ class Supervisor:
         if self.keyring is None:
             return
         line = (json.dumps({"ticket_keys": keyring_to_text(self.keyring)}) + "\n").encode()
-        for slot in self.slots:
-            process = slot.process
-            if process is not None and process.returncode is None and process.stdin is not None:
-                try:
-                    await process.stdin.send_all(line)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+        async with self.control_lock:
+            for slot in self.slots:
+                if slot.process is not None and slot.process.returncode is None:
+                    await _send_control(slot.process, line)
+
+
+async def _send_control(process: trio.Process, line: bytes) -> None:
+    """One control line to a worker; a worker that just died is the restart loop's business."""
+    if process.stdin is None:
+        return
+    try:
+        await process.stdin.send_all(line)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.warning("control message to worker pid %d not delivered: %s", process.pid, exc)
 
 
 def _worker_environment() -> dict[str, str]:

@@ -258,3 +258,20 @@ def test_http_health_check_against_real_servers() -> None:
         for httpd in (good, bad):
             httpd.shutdown()
             httpd.server_close()
+
+
+def test_worker_keyring_follows_the_supervisors_rotation() -> None:
+    from proxy.tlsconfig import adopt_keys, keyring_from_text, keyring_to_text
+    from tls13 import TicketKeyring
+
+    parent = TicketKeyring.generate()
+    worker = keyring_from_text(keyring_to_text(parent))
+    old_ticket = worker.seal(b"issued before rotation")
+    parent.rotate()
+    adopt_keys(worker, keyring_to_text(parent))
+    assert worker.current_name == parent.current_name
+    assert worker.names == parent.names
+    assert worker.open(parent.seal(b"state")) == b"state"  # sealed by another worker
+    assert parent.open(old_ticket) == b"issued before rotation"  # previous key still opens
+    adopt_keys(worker, keyring_to_text(parent))  # repeated message: no change
+    assert worker.names == parent.names
