@@ -148,23 +148,26 @@ def test_resumed_session_keeps_the_client_identity(pki: Pki, tmp_path: Path) -> 
 # ----------------------------------------------------------------------------- failures
 
 
-@pytest.mark.parametrize(
-    ("who", "alert", "text"),
-    [
-        (None, AlertDescription.certificate_required, "alert certificate required"),
-        ("stranger", AlertDescription.unknown_ca, "alert unknown ca"),
-        ("expired", AlertDescription.certificate_expired, "alert certificate expired"),
-        ("bad_eku", AlertDescription.unsupported_certificate, "alert unsupported certificate"),
-    ],
-)
+REFUSALS = [
+    (None, AlertDescription.certificate_required, "alert certificate required"),
+    ("stranger", AlertDescription.unknown_ca, "alert unknown ca"),
+    ("expired", AlertDescription.certificate_expired, "alert certificate expired"),
+    ("bad_eku", AlertDescription.unsupported_certificate, "alert unsupported certificate"),
+]
+
+
+def _offered(pki: Pki, who: str | None) -> tuple[str, ...]:
+    if who is None:
+        return ()
+    return with_cert(getattr(pki, f"{who}_cert"), getattr(pki, f"{who}_key"))
+
+
+@pytest.mark.parametrize(("who", "alert", "text"), REFUSALS)
 def test_refused_client_certificates(
     pki: Pki, who: str | None, alert: AlertDescription, text: str
 ) -> None:
-    extra: tuple[str, ...] = ()
-    if who is not None:
-        extra = with_cert(getattr(pki, f"{who}_cert"), getattr(pki, f"{who}_key"))
     with EngineServer(config_for(pki, "required")) as server:
-        output = run_until_exit(s_client(server.port, pki.ca_file, *extra))
+        output = run_until_exit(s_client(server.port, pki.ca_file, *_offered(pki, who)))
         record = only_record(server)
     assert record.error is not None and not record.error.sent_by_peer
     assert record.error.alert == alert
@@ -172,6 +175,20 @@ def test_refused_client_certificates(
     # s_client reports the alert we sent, by name and by number.
     assert text in output, output
     assert f"SSL alert number {int(alert)}" in output
+
+
+@pytest.mark.parametrize(("who", "alert", "text"), REFUSALS)
+def test_openssl_server_refuses_with_the_same_alerts(
+    pki: Pki,
+    processes: list[subprocess.Popen[bytes]],
+    who: str | None,
+    alert: AlertDescription,
+    text: str,
+) -> None:
+    # The yardstick for "sensible": s_server -Verify 1 picks the same alert for each case.
+    port = _verifying_s_server(pki, processes, naccept=2)
+    output = run_until_exit(s_client(port, pki.ca_file, *_offered(pki, who)))
+    assert text in output and f"SSL alert number {int(alert)}" in output, output
 
 
 # ----------------------------------------------------------------------------- our client
