@@ -163,6 +163,10 @@ def _sni(*entries: tuple[int, bytes]) -> bytes:
         (_sni((0, b"with space")), AlertDescription.illegal_parameter),
         (_sni((0, b"x" * 64 + b".example")), AlertDescription.illegal_parameter),
         (_sni((0, b"a." * 127 + b"ab")), AlertDescription.illegal_parameter),
+        # RFC 6066 §3: IP address literals are not host names.
+        (_sni((0, b"192.0.2.1")), AlertDescription.illegal_parameter),
+        (_sni((0, b"192.0.2.1.")), AlertDescription.illegal_parameter),
+        (_sni((0, b"::1")), AlertDescription.illegal_parameter),
     ],
 )
 def test_server_name_rejections(body: bytes, alert: AlertDescription) -> None:

@@ -310,14 +310,24 @@ def test_key_update_wrong_length() -> None:
     assert _alert(err) is AlertDescription.decode_error
 
 
-def test_client_hello_compression_must_be_null() -> None:
+def test_client_hello_keeps_any_compression_methods() -> None:
+    # §4.1.2: the server judges compression after the version (a TLS 1.2 hello with
+    # deflate is protocol_version, a TLS 1.3 one illegal_parameter), so parse keeps it.
     ch = parse_message(trace_message(SIMPLE, "ClientHello"))
     assert isinstance(ch, ClientHello)
     for methods in (b"\x01\x00", b"\x01", b"\x00\x00"):
-        bad = replace(ch, legacy_compression_methods=methods).serialize()
-        with pytest.raises(TLSError) as err:
-            parse_message(bad)
-        assert _alert(err) is AlertDescription.illegal_parameter
+        raw = replace(ch, legacy_compression_methods=methods).serialize()
+        parsed = parse_message(raw)
+        assert isinstance(parsed, ClientHello) and parsed.legacy_compression_methods == methods
+        assert parsed.serialize() == raw
+
+
+def test_client_hello_needs_a_compression_method() -> None:
+    ch = parse_message(trace_message(SIMPLE, "ClientHello"))
+    assert isinstance(ch, ClientHello)
+    with pytest.raises(TLSError) as err:
+        parse_message(replace(ch, legacy_compression_methods=b"").serialize())
+    assert _alert(err) is AlertDescription.decode_error
 
 
 def test_client_hello_session_id_over_32_bytes() -> None:

@@ -4,6 +4,7 @@ whatever parses re-serializes to exactly the bytes it came from."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 
 import pytest
@@ -188,8 +189,21 @@ def test_alpn_round_trip(names: list[str]) -> None:
 )
 def test_server_name_round_trip(labels: list[str]) -> None:
     name = ".".join(labels)
+    if _is_ip_literal(name):
+        # RFC 6066 §3: an IP address literal is not a host name.
+        with pytest.raises(TLSError):
+            ext.encode_server_name(name)
+        return
     assert ext.decode_server_name(ext.encode_server_name(name)) == name
     assert ext.decode_server_name(ext.encode_server_name(name.upper() + ".")) == name
+
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 _OPAQUE_EXTENSIONS = st.lists(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -23,7 +24,13 @@ from tls13.connection import ConnectionStateError
 from tls13.extensions import ExtensionType
 from tls13.groups import BY_NAME as GROUPS
 from tls13.groups import GROUPS as GROUP_TABLE
-from tls13.messages import Certificate, EncryptedExtensions, KeyUpdate, NewSessionTicket
+from tls13.messages import (
+    Certificate,
+    ClientHello,
+    EncryptedExtensions,
+    KeyUpdate,
+    NewSessionTicket,
+)
 from tls13.record import RecordLayer
 from tls13.server import ServerConnection
 from tls13.suites import SUITES
@@ -151,11 +158,20 @@ def test_no_ccs_without_session_id(server: ServerConnection) -> None:
     assert CCS_RECORD not in server.data_to_send()
 
 
-def test_second_ccs_is_unexpected(server: ServerConnection) -> None:
+def test_every_handshake_ccs_is_dropped_up_to_the_limit(server: ServerConnection) -> None:
+    # rfc8446bis §5 / Appendix D.4: each compatibility CCS MUST be dropped; only a
+    # flood beyond Limits.max_ccs (32 by default) is unexpected_message.
     client = MiniClient()
     server.receive_data(client.hello_record())
-    server.receive_data(CCS_RECORD)
+    assert server.receive_data(CCS_RECORD * 32) == []
     expect_alert(server, CCS_RECORD, AlertDescription.unexpected_message)
+
+
+def test_ccs_limit_is_configurable(make_config: Callable[..., ServerConfig]) -> None:
+    conn = ServerConnection(make_config(limits=Limits(max_ccs=1)))
+    conn.receive_data(MiniClient().hello_record())
+    conn.receive_data(CCS_RECORD)
+    expect_alert(conn, CCS_RECORD, AlertDescription.unexpected_message)
 
 
 def test_bad_ccs_payload_is_unexpected(server: ServerConnection) -> None:
@@ -392,6 +408,18 @@ def test_alpn_required_without_overlap(make_config: Callable[..., ServerConfig])
 def test_alpn_without_overlap_is_tolerated(make_config: Callable[..., ServerConfig]) -> None:
     conn = ServerConnection(make_config(alpn_protocols=("h2",)))
     assert handshake(conn, MiniClient(alpn=("spdy/3",))).alpn_protocol is None
+
+
+def test_client_without_alpn_is_tolerated(make_config: Callable[..., ServerConfig]) -> None:
+    conn = ServerConnection(make_config(alpn_protocols=("h2",)))
+    assert handshake(conn, MiniClient()).alpn_protocol is None
+
+
+def test_client_without_alpn_refused_when_required(
+    make_config: Callable[..., ServerConfig],
+) -> None:
+    conn = ServerConnection(make_config(alpn_protocols=("h2",), alpn_required=True))
+    expect_alert(conn, MiniClient().hello_record(), AlertDescription.no_application_protocol)
 
 
 # ----------------------------------------------------------------------------- client Finished
@@ -768,3 +796,33 @@ def test_no_early_data_skipping_after_the_second_hello(
     conn.data_to_send()
     junk = bytes.fromhex("1703030020") + bytes(32)
     expect_alert(conn, junk, AlertDescription.bad_record_mac)
+
+
+def _with_compression(client: MiniClient, methods: bytes) -> bytes:
+    hello = ClientHello.parse(client.hello()[4:])
+    return plaintext_record(22, replace(hello, legacy_compression_methods=methods).serialize())
+
+
+def test_tls12_hello_with_compression_is_protocol_version(server: ServerConnection) -> None:
+    # RFC 8446 §4.1.2: only a TLS 1.3 hello must offer [null] alone; an older one is
+    # judged by its version first, and we speak only TLS 1.3 (§4.2.1).
+    record = _with_compression(MiniClient(versions=None), b"\x01\x00")
+    expect_alert(server, record, AlertDescription.protocol_version)
+
+
+@pytest.mark.parametrize("methods", [b"\x01\x00", b"\x01", b"\x00\x00"])
+def test_tls13_hello_with_compression_is_illegal_parameter(
+    server: ServerConnection, methods: bytes
+) -> None:
+    expect_alert(
+        server, _with_compression(MiniClient(), methods), AlertDescription.illegal_parameter
+    )
+
+
+@pytest.mark.parametrize("name", [b"127.0.0.1", b"10.0.0.1."])
+def test_ip_literal_server_name_is_illegal_parameter(server: ServerConnection, name: bytes) -> None:
+    # RFC 6066 §3: "Literal IPv4 and IPv6 addresses are not permitted in HostName."
+    entry = b"\x00" + len(name).to_bytes(2, "big") + name
+    body = len(entry).to_bytes(2, "big") + entry
+    client = MiniClient(server_name=None, extra_extensions=[(ExtensionType.server_name, body)])
+    expect_alert(server, client.hello_record(), AlertDescription.illegal_parameter)

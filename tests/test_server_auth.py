@@ -7,6 +7,7 @@ over loopback TCP.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,16 @@ import pytest
 from certs import Issued, make_ca, make_leaf, write_pair
 from engine_helpers import EngineServer, pump, run_client
 
+import tls13.client
 from tls13 import events
+from tls13 import extensions as ext
 from tls13.alerts import AlertDescription, TLSError
 from tls13.certificates import CertificateChain, CertificateStore
 from tls13.client import ClientConnection
 from tls13.config import ClientConfig, ServerConfig
 from tls13.connection import ConnectionStateError
 from tls13.server import ServerConnection
-from tls13.tickets import TicketKeyring
+from tls13.tickets import SessionTicket, TicketKeyring
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +93,75 @@ def test_resumed_session_remembers_client_identity(pki: dict[str, Issued]) -> No
     info = info_of(server_events)
     assert info.resumed
     assert info.client_identity is not None and info.client_identity.names == ("alice.example",)
+
+
+def _first_ticket(client_events: list[events.Event]) -> SessionTicket:
+    return next(e.ticket for e in client_events if isinstance(e, events.NewSessionTicketReceived))
+
+
+def test_ticket_is_not_resumed_under_another_name(pki: dict[str, Issued]) -> None:
+    """Review R1: RFC 6066 §3 / rfc8446bis §4.2.11: a ticket from a name without client
+    auth must not skip the certificate another name requires (shared ticket keys)."""
+    keyring = TicketKeyring.generate()
+    public = server_config(pki, ticket_keys=keyring)
+    secure = server_config(pki, ticket_keys=keyring, client_auth="required")
+    listener = replace(
+        public, config_for_name=lambda name: secure if name == "other.example" else public
+    )
+    _, _, client_events, _ = connect(client_config(pki, None), listener)
+    # The client strips the name from its ticket, so it offers it anyway.
+    stolen = replace(_first_ticket(client_events), server_name=None)
+    with pytest.raises(TLSError) as caught:
+        connect(client_config(pki, None), listener, "other.example", session=stolen)
+    assert caught.value.alert == AlertDescription.certificate_required
+    # With a certificate the same client gets a full, authenticated handshake instead.
+    _, _, _, server_events = connect(
+        client_config(pki, "client"), listener, "other.example", session=stolen
+    )
+    info = info_of(server_events)
+    assert not info.resumed and info.client_identity is not None
+
+
+def test_ticket_resumes_under_its_own_name(pki: dict[str, Issued]) -> None:
+    config = server_config(pki, ticket_keys=TicketKeyring.generate())
+    _, _, client_events, _ = connect(client_config(pki, None), config, "other.example")
+    ticket = _first_ticket(client_events)
+    _, _, _, server_events = connect(
+        client_config(pki, None), config, "other.example", session=ticket
+    )
+    assert info_of(server_events).resumed
+    _, _, _, server_events = connect(
+        client_config(pki, None), config, "localhost", session=replace(ticket, server_name=None)
+    )
+    assert not info_of(server_events).resumed
+
+
+def test_remembered_client_certificate_is_checked_again(pki: dict[str, Issued]) -> None:
+    """A reload that no longer trusts the client's CA must not resume its old identity."""
+    keyring = TicketKeyring.generate()
+    before = server_config(pki, client_auth="required", ticket_keys=keyring)
+    _, _, client_events, _ = connect(client_config(pki, "client"), before)
+    after = replace(before, client_ca=(pki["stranger"].cert,))
+    with pytest.raises(TLSError) as caught:  # a full handshake, which the CA now fails
+        connect(client_config(pki, "client"), after, session=_first_ticket(client_events))
+    assert caught.value.alert == AlertDescription.unknown_ca
+
+
+def test_unrequested_client_certificate_extension(
+    pki: dict[str, Issued], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review R7: §4.4.2: the client's CertificateEntry extensions must answer our
+    CertificateRequest, which asks for none (no status_request)."""
+    original = tls13.client.CertificateEntry
+    ocsp = ext.encode_certificate_status(b"\x30\x03\x0a\x01\x00")
+
+    def with_status(der: bytes, extensions: object = ()) -> object:
+        return original(der, [(ext.ExtensionType.status_request, ocsp)])
+
+    monkeypatch.setattr(tls13.client, "CertificateEntry", with_status)
+    with pytest.raises(TLSError) as caught:
+        connect(client_config(pki, "client"), server_config(pki, client_auth="required"))
+    assert caught.value.alert == AlertDescription.unsupported_extension
 
 
 def test_post_handshake_auth_needs_the_client_offer(pki: dict[str, Issued]) -> None:

@@ -286,3 +286,12 @@ def test_stateful_retry_refuses_a_cookie_issued_elsewhere(
 def test_cookie_lifetime_validated(make_config: Callable[..., ServerConfig]) -> None:
     with pytest.raises(ValueError):
         make_config(cookie_lifetime=0)
+
+
+def test_stateful_cookie_is_refused_by_a_stateless_server(
+    make_config: Callable[..., ServerConfig],
+) -> None:
+    # The compact stateful cookie (format 1) lacks the time and fingerprint.
+    client = MiniClient(groups=(X25519, P384), share_groups=(X25519,))
+    ch2 = first_flight(make_config(stateless_retry=False), client)
+    expect_alert(ServerConnection(make_config()), ch2, AlertDescription.illegal_parameter)

@@ -97,7 +97,9 @@ class Limits:
     max_handshake_buffer: int = 131072
     max_empty_records: int = 32
     max_warning_alerts: int = 4
-    max_ccs: int = 1
+    # rfc8446bis §5 / Appendix D.4: every compatibility CCS in the handshake MUST be
+    # dropped; this bound only stops a flood of them.
+    max_ccs: int = 32
     max_key_updates_per_minute: int = 32
     max_record_buffer: int = 1 << 20
 

@@ -14,6 +14,7 @@ the client with :func:`check_offered`.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -186,7 +187,8 @@ def find_extension(extensions: Sequence[tuple[int, bytes]], ext_type: int) -> by
 
 
 def check_offered(received: Sequence[tuple[int, bytes]], offered: Iterable[int]) -> None:
-    """Client side: every server-sent extension must answer one we offered.
+    """Every response extension must answer one we offered (a client checks the
+    server's messages; a server checks client CertificateEntry extensions, §4.4.2).
 
     RFC 8446 §4.2: a response extension without a matching request is
     ``unsupported_extension`` (cookie is the one HRR may send unprompted).
@@ -231,10 +233,21 @@ def normalize_host_name(raw: bytes) -> str:
         raise illegal_parameter("server_name length out of range")
     if not set(name) <= _HOSTNAME_CHARS:
         raise illegal_parameter("server_name contains characters outside LDH ASCII")
+    if _is_ip_literal(name):
+        # RFC 6066 §3: "Literal IPv4 and IPv6 addresses are not permitted in HostName."
+        raise illegal_parameter("server_name is an IP address literal")
     for label in name.split(b"."):
         if not label or len(label) > 63:
             raise illegal_parameter("server_name has an empty or over-long label")
     return name.decode("ascii").lower()
+
+
+def _is_ip_literal(name: bytes) -> bool:
+    try:
+        ipaddress.ip_address(name.decode("ascii"))
+    except ValueError:
+        return False
+    return True
 
 
 def decode_server_name(body: bytes) -> str:

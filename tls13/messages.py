@@ -99,10 +99,9 @@ class ClientHello(_Ext):
         random = r.bytes(32)
         session_id = r.vector(1, 0, 32)
         suites = r.uint16_list(2, 2)
+        # §4.1.2: only a TLS 1.3 hello must carry exactly [null]; an older one answers
+        # to its own version's rules (protocol_version from us), so the server checks.
         compression = r.vector(1, 1)
-        # §4.1.2: TLS 1.3 ClientHello compression must be exactly the null method.
-        if compression != b"\x00":
-            raise illegal_parameter("legacy_compression_methods must be [0]")
         # A ClientHello without any extensions is pre-TLS-1.3; the state
         # machine answers it with protocol_version, so accept it here.
         has_block = not r.at_end()

@@ -82,7 +82,8 @@ _HRR_MUTABLE_EXTENSIONS = frozenset(
         ExtensionType.pre_shared_key,
     }
 )
-_COOKIE_VERSION = 2
+_STATEFUL_COOKIE = 1
+_STATELESS_COOKIE = 2
 _COOKIE_MAC_LEN = 32  # HMAC-SHA256
 # Clock disagreement tolerated between the servers that share a cookie_secret.
 _COOKIE_CLOCK_SKEW = 5
@@ -158,6 +159,7 @@ class _PeerAuth:
 
     context: bytes
     schemes: tuple[int, ...]
+    requested: frozenset[int]  # extension types of our CertificateRequest (§4.4.2)
     certificates: tuple[x509.Certificate, ...] = ()
     identity: events.ClientIdentity | None = None
 
@@ -449,18 +451,24 @@ class ServerConnection(Connection):
     def _make_cookie(self, hello: ClientHello, suite: CipherSuite, group: Group) -> bytes:
         """An HMAC-protected cookie binding the retry to ClientHello1 (RFC 8446 §4.2.2).
 
-        Layout: version, issue time (seconds), suite, group, Hash(CH1), the
-        fingerprint of what CH2 must repeat, then HMAC-SHA256 over all of it; it
-        lets a stateless server rebuild the transcript and check CH2 from CH2 alone.
+        Stateful (we keep CH1 and compare the echo with what we sent): version 1,
+        suite, group, Hash(CH1), HMAC-SHA256.  Stateless: version 2 adds the issue
+        time (seconds) and the fingerprint of what CH2 must repeat, so a server
+        rebuilds the transcript and checks CH2 from CH2 alone.
         """
         assert self._transcript is not None
+        stateless = self._config.stateless_retry
         writer = Writer()
-        writer.uint8(_COOKIE_VERSION)
-        writer.uint32(int(self._config.clock()) & 0xFFFFFFFF)
+        writer.uint8(_STATELESS_COOKIE if stateless else _STATEFUL_COOKIE)
+        if stateless:
+            writer.uint32(int(self._config.clock()) & 0xFFFFFFFF)
         writer.uint16(suite.code)
         writer.uint16(group.code)
-        writer.vector(1, self._transcript.digest())
-        writer.bytes(_retry_fingerprint(hello))
+        if stateless:
+            writer.vector(1, self._transcript.digest())
+            writer.bytes(_retry_fingerprint(hello))
+        else:
+            writer.bytes(self._transcript.digest())
         body = writer.getvalue()
         return body + self._cookie_mac(body)
 
@@ -476,7 +484,7 @@ class ServerConnection(Connection):
         if len(cookie) <= _COOKIE_MAC_LEN or not hmac.compare_digest(mac, self._cookie_mac(body)):
             raise illegal_parameter("cookie does not verify")
         reader = Reader(body)
-        if reader.uint8() != _COOKIE_VERSION:
+        if reader.uint8() != _STATELESS_COOKIE:
             raise illegal_parameter("cookie of another format version")
         issued = reader.uint32()
         suite, group = reader.uint16(), reader.uint16()
@@ -608,10 +616,31 @@ class ServerConnection(Connection):
             ticket_suite = SUITES.get(state.suite)
             if ticket_suite is None or ticket_suite.hash.name != suite.hash.name:
                 continue  # the PSK's hash must match the negotiated suite's
+            if not self._ticket_fits(state, hello):
+                continue
             self._check_binder(hello, suite, state.psk, offered.binders[index])
             age = identity.obfuscated_ticket_age
             return _Resumption(index, state, age, offered.binders[0], mode)
         return None
+
+    def _ticket_fits(self, state: SessionState, hello: ClientHello) -> bool:
+        """Whether this name's policy may resume the ticket (rfc8446bis §4.2.11: the server
+        MUST select a compatible PSK).  RFC 6066 §3: never under another server_name, whose
+        configuration may differ; and a client certificate this configuration asks for
+        must be in the ticket and still verify (a reload may have changed client_ca)."""
+        if state.sni != hello.server_name():
+            return False
+        config = self._config
+        if not state.client_chain:
+            return config.client_auth != "required"
+        if config.client_auth == "none":
+            return True
+        try:
+            chain = tuple(_load_certificate(der) for der in state.client_chain)
+            verify_chain(chain, config.client_ca, config.clock(), client=True)
+        except TLSError:
+            return False
+        return True
 
     def _psk_mode(self, hello: ClientHello) -> int | None:
         """RFC 8446 §4.2.9: our most preferred mode the client offered; psk_dhe_ke
@@ -795,7 +824,6 @@ class ServerConnection(Connection):
     def _send_certificate_request(self, context: bytes) -> None:
         """RFC 8446 §4.3.2: our schemes, and our CA names so the client can pick a chain."""
         schemes = list(self._config.signature_schemes)
-        self._peer_auth = _PeerAuth(context, tuple(schemes))
         extensions: list[tuple[int, bytes]] = [
             (ExtensionType.signature_algorithms, ext.encode_uint16_list(schemes))
         ]
@@ -804,6 +832,8 @@ class ServerConnection(Connection):
             extensions.append(
                 (ExtensionType.certificate_authorities, ext.encode_certificate_authorities(names))
             )
+        requested = frozenset(ext_type for ext_type, _ in extensions)
+        self._peer_auth = _PeerAuth(context, tuple(schemes), requested)
         message = CertificateRequest(context, extensions).serialize()
         if context:
             # §4.6.2: post-handshake messages sign a copy of the handshake transcript.
@@ -870,6 +900,9 @@ class ServerConnection(Connection):
                 # RFC 8446 §4.4.2.4 (bis): no certificate when one is required.
                 raise TLSError(AlertDescription.certificate_required, "client sent no certificate")
             return ServerState.POST_WAIT_FINISHED if post else ServerState.WAIT_FINISHED
+        for entry in message.certificate_list:
+            # §4.4.2: the client's extensions MUST answer ones in our CertificateRequest.
+            ext.check_offered(entry.extensions, auth.requested)
         certificates = tuple(
             _load_certificate(entry.cert_data) for entry in message.certificate_list
         )
@@ -1003,6 +1036,9 @@ def _check_version(hello: ClientHello) -> None:
     # MUST abort the handshake with an illegal_parameter alert."
     if hello.legacy_version != LEGACY_VERSION:
         raise illegal_parameter("legacy_version is not 0x0303")
+    # §4.1.2: a TLS 1.3 ClientHello offers exactly the null compression method.
+    if hello.legacy_compression_methods != b"\x00":
+        raise illegal_parameter("legacy_compression_methods must be [null]")
 
 
 def _check_key_exchange_extensions(hello: ClientHello) -> None:
