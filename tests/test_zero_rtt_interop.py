@@ -23,6 +23,7 @@ from tls13 import events
 from tls13.client import ClientConnection
 from tls13.config import ClientConfig, ServerConfig
 from tls13.events import NewSessionTicketReceived
+from tls13.groups import BY_NAME as GROUP_CODES
 from tls13.tickets import SessionTicket, TicketKeyring
 
 pytestmark = [
@@ -147,6 +148,31 @@ def test_replayed_client_hello_and_early_data_are_refused(
     hello = next(e for e in replay.events if isinstance(e, events.ClientHelloReceived))
     assert hello.offered_early_data
     assert replay.info is None  # the replayer cannot finish the handshake
+
+
+def test_early_data_rejected_by_a_hello_retry(pki: Pki, tmp_path: Path, early_file: Path) -> None:
+    # We only take P-384 and s_client sends its first share for X25519: the retry
+    # ends 0-RTT (RFC 8446 §4.2.10) and we skip its early records (§4.2.10, D.3).
+    keyring = TicketKeyring.generate()
+    store = store_for([(pki.server_chain.read_bytes(), pki.server_key.read_bytes())])
+    config = ServerConfig(
+        certificates=store,
+        ticket_keys=keyring,
+        max_early_data=MAX_EARLY,
+        groups=(GROUP_CODES["secp384r1"],),
+    )
+    session = tmp_path / "session.pem"
+    with EngineServer(config) as server:
+        store_session(server.port, pki, session)
+        argv = s_client(server.port, pki.ca_file, "-sess_in", str(session))
+        argv += ["-early_data", str(early_file), "-groups", "X25519:P-384"]
+        run = run_client(argv, [b"late\n"])
+        _, second = server.wait_for(2)
+    assert "Early data was rejected" in run.stdout and "Reused, TLSv1.3" in run.stdout
+    assert second.error is None and second.info is not None
+    assert second.info.hello_retry and second.info.resumed
+    assert not second.info.early_data_accepted and early_data_of(second.events) == b""
+    assert bytes(second.received) == b"late\n"
 
 
 # ----------------------------------------------------------------------------- our client
