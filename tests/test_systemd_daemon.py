@@ -104,11 +104,12 @@ def test_notify_lifecycle_reload_watchdog_and_stop(
 @pytest.mark.skipif(
     shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate"
 )
+@pytest.mark.parametrize("workers", [1, 2])
 def test_serves_on_a_socket_from_systemd_socket_activate(
-    tmp_path: Path, localhost_leaf: Issued, notify: NotifyReceiver
+    tmp_path: Path, localhost_leaf: Issued, notify: NotifyReceiver, workers: int
 ) -> None:
     port = free_port()
-    config = _config(tmp_path, localhost_leaf, ["systemd:https"])
+    config = _config(tmp_path, localhost_leaf, ["systemd:https"], f"workers = {workers}")
     command = [
         "systemd-socket-activate",
         "-l",
@@ -134,27 +135,49 @@ def test_serves_on_a_socket_from_systemd_socket_activate(
                 time.sleep(0.1)
         _assert_serves(port, process, timeout=READY_TIMEOUT)
         _wait_ready(notify, process)
+        for _ in range(2 * workers):
+            _assert_serves(port, process)
     finally:
         out, err = stop(process)
     assert b"Traceback" not in err, err.decode()[-3000:]
 
 
+def _children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{pid}\n" in status:
+                children.append(int(entry.name))
+    return children
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+@pytest.mark.parametrize("workers", [1, 2])
 def test_root_start_drops_to_nobody_and_still_serves(
-    tmp_path: Path, localhost_leaf: Issued, notify: NotifyReceiver
+    tmp_path: Path, localhost_leaf: Issued, notify: NotifyReceiver, workers: int
 ) -> None:
     nobody = pwd.getpwnam("nobody")
     port = free_port()
-    config = _config(tmp_path, localhost_leaf, [f"127.0.0.1:{port}"], 'user = "nobody"')
+    extra = f'user = "nobody"\nworkers = {workers}'
+    config = _config(tmp_path, localhost_leaf, [f"127.0.0.1:{port}"], extra)
     assert (tmp_path / "site.key").stat().st_mode & 0o077 == 0  # only root can read the key
     process = start(daemon_command(config), daemon_env(notify))
     try:
         _wait_ready(notify, process)
-        ids = process_ids(process.pid)
-        assert ids["Uid"] == [nobody.pw_uid] * 4, ids
-        assert ids["Gid"] == [nobody.pw_gid] * 4, ids
-        assert 0 not in ids.get("Groups", []), ids
-        _assert_serves(port, process)
+        for _ in range(2 * workers):  # SO_REUSEPORT spreads these over the workers
+            _assert_serves(port, process)
+        serving = [process.pid] if workers == 1 else _children(process.pid)
+        assert len(serving) == workers, serving
+        for pid in serving:
+            ids = process_ids(pid)
+            assert ids["Uid"] == [nobody.pw_uid] * 4, (pid, ids)
+            assert ids["Gid"] == [nobody.pw_gid] * 4, (pid, ids)
+            assert 0 not in ids.get("Groups", []), (pid, ids)
     finally:
         out, err = stop(process)
     assert b"Traceback" not in err, err.decode()[-3000:]
