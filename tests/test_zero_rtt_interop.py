@@ -1,9 +1,11 @@
-"""Issue 3: 0-RTT with openssl s_client against our ServerConnection.
+"""Issue 3: 0-RTT with real peers and our ServerConnection (and our client against s_server).
 
 Accepted when the server allows it (s_client prints "Early data was accepted"
-and the server sees an EarlyData event); rejected, with the handshake still
-completing, when it does not; and a replay of a real client's recorded
-ClientHello + early data is refused (RFC 8446 §8.2).
+and the server sees an EarlyData event; gnutls-cli --earlydata too); rejected,
+with the handshake still completing, when 0-RTT is off or a HelloRetryRequest
+intervenes; and a replay of a real client's recorded ClientHello + early data
+is refused (RFC 8446 §8.2).  Our client reusing a ticket for 0-RTT is declined
+by s_server's anti-replay and resends after the handshake.
 """
 
 from __future__ import annotations
