@@ -54,17 +54,32 @@ class SessionInfo:
 
 @dataclass
 class Established:
-    """A ready client stream: the handshake is done and held early data is attached."""
+    """A ready client stream: the handshake is done and held early data is attached.
+
+    ``early_forwarded`` says 0-RTT data already went to the backend during the handshake
+    (a route that allows early data); ``early_data`` is what was held back instead.
+    """
 
     stream: trio.abc.HalfCloseableStream
     info: SessionInfo
     early_data: bytes = b""
+    early_forwarded: bool = False
+
+
+class EarlyDataHandler(Protocol):
+    """Takes 0-RTT data during the handshake, if the route for the name allows it."""
+
+    async def begin(self, server_name: str | None, alpn_offered: tuple[str, ...]) -> bool: ...
+
+    async def data(self, chunk: bytes) -> None: ...
 
 
 class Terminator(Protocol):
     """Turns an accepted transport into an application stream (TLS in production)."""
 
-    async def establish(self, transport: trio.SocketStream) -> Established: ...
+    async def establish(
+        self, transport: trio.SocketStream, early: EarlyDataHandler | None = None
+    ) -> Established: ...
 
 
 @dataclass
@@ -199,22 +214,111 @@ async def handle_connection(transport: trio.SocketStream, runtime: ListenerRunti
 async def _serve(
     transport: trio.SocketStream, runtime: ListenerRuntime, record: ConnectionRecord
 ) -> None:
-    established = await _establish(transport, runtime, record)
-    if established is None:
-        return
+    forwarder = EarlyForwarder(runtime, record)
     try:
-        async with established.stream as client:
-            route = _route(runtime.routes, established.info, record)
-            if route is None:
-                return
-            lease = await _connect_backend(route, runtime, record, established)
-            if lease is None:
-                return
-            with leased(lease):
-                async with lease.stream as backend:
-                    await _relay(client, backend, established, runtime, record, lease)
+        established = await _establish(transport, runtime, record, forwarder)
+        if established is None:
+            return
+        try:
+            async with established.stream as client:
+                await _proxy(client, established, runtime, record, forwarder)
+        finally:
+            record.tickets_issued = getattr(established.stream, "tickets_issued", 0)
     finally:
-        record.tickets_issued = getattr(established.stream, "tickets_issued", 0)
+        await forwarder.abandon()
+
+
+async def _proxy(
+    client: trio.abc.HalfCloseableStream,
+    established: Established,
+    runtime: ListenerRuntime,
+    record: ConnectionRecord,
+    forwarder: EarlyForwarder,
+) -> None:
+    """Route the completed handshake, connect (unless 0-RTT did already), relay."""
+    route = _route(runtime.routes, established.info, record)
+    if route is None:
+        return
+    lease = forwarder.adopt(route)
+    if lease is None and record.outcome == "open":
+        lease = await _connect_backend(route, runtime, record, established.info)
+    if lease is None:
+        return
+    with leased(lease):
+        async with lease.stream as backend:
+            await _relay(client, backend, established, runtime, record, lease)
+
+
+class EarlyForwarder:
+    """0-RTT for routes that allow it: connect and forward early data during the handshake.
+
+    The route is chosen from the ClientHello (SNI, offered ALPN); when the offered protocols
+    could lead to different routes we do not guess and the data is held instead. After the
+    handshake the negotiated route must be the same one, or the connection is aborted.
+    The backend sees the PROXY v2 early-data marker: these bytes may be a replay.
+    """
+
+    def __init__(self, runtime: ListenerRuntime, record: ConnectionRecord) -> None:
+        self.runtime = runtime
+        self.record = record
+        self.route: Route | None = None
+        self.lease: BackendLease | None = None
+
+    async def begin(self, server_name: str | None, alpn_offered: tuple[str, ...]) -> bool:
+        route = _early_route(self.runtime.routes, server_name, alpn_offered)
+        # A route that needs a client certificate waits for the verified handshake.
+        if route is None or not route.allow_early_data or route.require_client_certificate:
+            return False
+        early_info = SessionInfo(server_name=server_name, version="TLSv1.3", early_data=True)
+        self.lease = await _connect_backend(route, self.runtime, self.record, early_info)
+        if self.lease is None:
+            return False
+        self.route = route
+        version = self.runtime.pools[route.pool].options.proxy_protocol
+        await self._send(early_proxy_header(version, self.record, server_name))
+        return True
+
+    async def data(self, chunk: bytes) -> None:
+        self.record.bytes_from_client += len(chunk)
+        await self._send(chunk)
+
+    async def _send(self, data: bytes) -> None:
+        """A backend failure here ends the connection after the handshake, not during it."""
+        if self.lease is None or not data:
+            return
+        try:
+            await self.lease.stream.send_all(data)
+        except STREAM_ERRORS as exc:
+            self.record.finish("backend_error", f"while forwarding early data: {exc}")
+            await self.abandon()
+
+    def adopt(self, route: Route) -> BackendLease | None:
+        """The early backend connection, if 0-RTT went to the route now negotiated."""
+        if self.lease is None:
+            return None
+        if self.route is not None and route.name != self.route.name:
+            self.record.finish("early_data_route_mismatch", f"{self.route.name} != {route.name}")
+            return None
+        lease, self.lease = self.lease, None
+        return lease
+
+    async def abandon(self) -> None:
+        """The handshake failed or routing refused: drop the early backend connection."""
+        if self.lease is not None:
+            lease, self.lease = self.lease, None
+            lease.release()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(lease.stream)
+
+
+def _early_route(
+    routes: RouteTable, server_name: str | None, alpn_offered: tuple[str, ...]
+) -> Route | None:
+    """The route 0-RTT data would take, if every protocol the client offered agrees."""
+    candidates = {routes.match(server_name, alpn) for alpn in alpn_offered} or {
+        routes.match(server_name, None)
+    }
+    return candidates.pop() if len(candidates) == 1 else None
 
 
 def _route(routes: RouteTable, info: SessionInfo, record: ConnectionRecord) -> Route | None:
@@ -232,17 +336,20 @@ def _route(routes: RouteTable, info: SessionInfo, record: ConnectionRecord) -> R
 
 
 async def _establish(
-    transport: trio.SocketStream, runtime: ListenerRuntime, record: ConnectionRecord
+    transport: trio.SocketStream,
+    runtime: ListenerRuntime,
+    record: ConnectionRecord,
+    early: EarlyDataHandler | None = None,
 ) -> Established | None:
     """Handshake within the handshake timeout (slowloris defence); None if it failed."""
     started = time.monotonic()
     try:
         with trio.fail_after(runtime.timeouts.handshake):
             if runtime.handshake_slots is None:
-                established = await runtime.terminator.establish(transport)
+                established = await runtime.terminator.establish(transport, early)
             else:
                 async with runtime.handshake_slots:
-                    established = await runtime.terminator.establish(transport)
+                    established = await runtime.terminator.establish(transport, early)
     except trio.TooSlowError:
         record.finish("handshake_timeout")
         return None
@@ -263,12 +370,12 @@ async def _establish(
 
 
 async def _connect_backend(
-    route: Route, runtime: ListenerRuntime, record: ConnectionRecord, established: Established
+    route: Route, runtime: ListenerRuntime, record: ConnectionRecord, info: SessionInfo
 ) -> BackendLease | None:
     record.route, record.pool = route.name, route.pool
     pool = runtime.pools[route.pool]
     try:
-        lease = await pool.connect(describe_session(established.info))
+        lease = await pool.connect(describe_session(info))
     except NoHealthyBackend as exc:
         record.finish("no_backend", str(exc))
         log_limited(f"pool:{pool.name}", logging.ERROR, "refusing connections: %s", exc)
@@ -291,7 +398,9 @@ async def _relay(
 ) -> None:
     """Send the PROXY header and held early data, then pump both ways until both end."""
     pool = runtime.pools[record.pool]
-    preamble = proxy_header(pool.options.proxy_protocol, record) + established.early_data
+    preamble = established.early_data
+    if not established.early_forwarded:  # else the header went out with the early data
+        preamble = proxy_header(pool.options.proxy_protocol, record) + preamble
     record.bytes_from_client += len(established.early_data)
     try:
         if preamble:
@@ -321,6 +430,21 @@ def proxy_header(version: int, record: ConnectionRecord) -> bytes:
         tlvs = proxyprotocol.tlvs_for_handshake(session.handshake, early_data=session.early_data)
     elif session is not None:
         tlvs = proxyprotocol.tls_tlvs(alpn=session.alpn, authority=session.server_name)
+    return proxyprotocol.encode_v2(source, destination, tlvs)
+
+
+def early_proxy_header(version: int, record: ConnectionRecord, server_name: str | None) -> bytes:
+    """The header sent before 0-RTT data: the handshake is not finished, so v2 carries only
+    what the ClientHello told us (SNI) plus the early-data marker."""
+    if version != 2:
+        return proxy_header(version, record)
+    source = (record.client_address, record.client_port) if record.client_port else None
+    destination = (record.local_address, record.local_port) if record.local_port else None
+    tlvs = proxyprotocol.tls_tlvs(
+        authority=server_name,
+        ssl=proxyprotocol.SSLInfo(version="TLSv1.3"),
+        early_data=True,
+    )
     return proxyprotocol.encode_v2(source, destination, tlvs)
 
 

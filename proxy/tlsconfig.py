@@ -20,7 +20,7 @@ import trio
 from cryptography import x509
 
 from proxy import selfsigned
-from proxy.connection import Established, SessionInfo
+from proxy.connection import EarlyDataHandler, Established, SessionInfo
 from proxy.routing import Route, RouteTable, table_for_listener
 from proxy.settings import (
     SELF_SIGNED_NAMES,
@@ -213,11 +213,26 @@ class TLSTerminator:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
 
-    async def establish(self, transport: trio.SocketStream) -> Established:
+    async def establish(
+        self, transport: trio.SocketStream, early: EarlyDataHandler | None = None
+    ) -> Established:
+        """Handshake; 0-RTT data goes to ``early`` as it arrives if it takes it, else it is
+        held and returned with the established stream (forwarded after completion)."""
         stream = TLSStream(transport, ServerConnection(self.config))
-        info = await stream.do_handshake()
-        hello = stream.client_hello
-        return Established(stream, session_info(info, hello), bytes(stream.early_data))
+        forwarding: bool | None = None  # None: no early data seen yet
+        while stream.info is None:
+            await stream.handshake_step()
+            hello = stream.client_hello
+            if early is None or not stream.early_data or hello is None:
+                continue
+            if forwarding is None:
+                forwarding = await early.begin(hello.server_name, hello.alpn_protocols)
+            if forwarding:
+                await early.data(stream.take_early_data())
+        if forwarding and stream.early_data:
+            await early.data(stream.take_early_data())  # type: ignore[union-attr]
+        info = session_info(stream.info, stream.client_hello)
+        return Established(stream, info, stream.take_early_data(), bool(forwarding))
 
 
 def session_info(info: HandshakeComplete, hello: ClientHelloReceived | None = None) -> SessionInfo:

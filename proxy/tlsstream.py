@@ -77,10 +77,21 @@ class TLSStream(trio.abc.HalfCloseableStream):
     async def do_handshake(self) -> events.HandshakeComplete:
         """Drive the handshake to completion; early data is held in ``early_data``."""
         while self.info is None:
-            if self._eof:
-                raise TLSStreamError("connection closed during handshake")
-            await self._read_transport()
+            await self.handshake_step()
+        assert self.info is not None
         return self.info
+
+    async def handshake_step(self) -> None:
+        """One read of the handshake: lets a caller act on 0-RTT data as it arrives."""
+        if self._eof:
+            raise TLSStreamError("connection closed during handshake")
+        await self._read_transport()
+
+    def take_early_data(self) -> bytes:
+        """The 0-RTT bytes received so far (the buffer is emptied)."""
+        data = bytes(self.early_data)
+        self.early_data.clear()
+        return data
 
     # -- receiving -------------------------------------------------------------------------
 

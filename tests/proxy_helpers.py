@@ -25,7 +25,7 @@ from pathlib import Path
 import trio
 from certs import Issued, make_leaf, write_pair
 
-from proxy.connection import ConnectionRecord, Established, SessionInfo
+from proxy.connection import ConnectionRecord, EarlyDataHandler, Established, SessionInfo
 
 
 class PlainTerminator:
@@ -34,14 +34,18 @@ class PlainTerminator:
     def __init__(self, server_name: str | None = None, alpn: str | None = None) -> None:
         self.info = SessionInfo(server_name=server_name, alpn=alpn, version="plain")
 
-    async def establish(self, transport: trio.SocketStream) -> Established:
+    async def establish(
+        self, transport: trio.SocketStream, early: EarlyDataHandler | None = None
+    ) -> Established:
         return Established(transport, self.info)
 
 
 class SlowTerminator:
     """Never finishes its 'handshake' until the client sends a full line (slowloris target)."""
 
-    async def establish(self, transport: trio.SocketStream) -> Established:
+    async def establish(
+        self, transport: trio.SocketStream, early: EarlyDataHandler | None = None
+    ) -> Established:
         data = b""
         while not data.endswith(b"\n"):
             chunk = await transport.receive_some(1)

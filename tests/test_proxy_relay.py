@@ -19,7 +19,14 @@ from proxy_helpers import (
 )
 
 from proxy.backends import BackendPool, PoolOptions
-from proxy.connection import ListenerRuntime, Terminator, Timeouts
+from proxy.connection import (
+    EarlyDataHandler,
+    Established,
+    ListenerRuntime,
+    SessionInfo,
+    Terminator,
+    Timeouts,
+)
 from proxy.listener import ConnectionTracker, Listener, bind_addresses, to_trio
 from proxy.routing import Route, RouteTable
 from proxy.settings import BackendAddress
@@ -318,5 +325,93 @@ def test_drain_lets_connections_finish_then_cancels() -> None:
         assert await stream.receive_some(10) == b""
         records = runtime.observer.finished  # type: ignore[attr-defined]
         assert records[0].outcome == "shutdown"
+
+    run(body)
+
+
+class EarlyTerminator:
+    """Simulates a resumed handshake with 0-RTT: the early bytes arrive, then the handshake
+    completes only once ``finish`` is set; the negotiated ALPN can differ from the offer."""
+
+    def __init__(self, offered: tuple[str, ...], negotiated: str | None) -> None:
+        self.offered = offered
+        self.negotiated = negotiated
+        self.finish = trio.Event()
+
+    async def establish(
+        self, transport: trio.SocketStream, early: EarlyDataHandler | None = None
+    ) -> Established:
+        forwarded = early is not None and await early.begin("e.test", self.offered)
+        if forwarded:
+            assert early is not None
+            await early.data(b"early ")
+        await self.finish.wait()
+        info = SessionInfo(server_name="e.test", alpn=self.negotiated, early_data=True)
+        return Established(transport, info, b"" if forwarded else b"early ", forwarded)
+
+
+def early_runtime(port: int, terminator: EarlyTerminator) -> ListenerRuntime:
+    pool = BackendPool(
+        "main", [BackendAddress("tcp", "127.0.0.1", port)], PoolOptions(connect_timeout=1.0)
+    )
+    routes = RouteTable(
+        [
+            Route("zero-rtt", "main", ("e.test",), ("h2",), allow_early_data=True),
+            Route("held", "main", ("e.test",), ("http/1.1",)),
+        ]
+    )
+    return ListenerRuntime(
+        "test", terminator, routes, {"main": pool}, Timeouts(5, 5), RecordingObserver()
+    )
+
+
+def test_early_data_reaches_an_allowing_route_before_the_handshake_completes() -> None:
+    async def body(nursery: trio.Nursery) -> None:
+        echo = EchoServer()
+        port = await echo.start(nursery)
+        terminator = EarlyTerminator(("h2",), "h2")
+        proxy = await start_proxy(nursery, early_runtime(port, terminator))
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        await wait_for(lambda: echo.connections == 1)  # backend reached mid-handshake
+        terminator.finish.set()
+        await stream.send_all(b"late")
+        await stream.send_eof()
+        received = b""
+        while chunk := await stream.receive_some(100):
+            received += chunk
+        assert received == b"early late"
+
+    run(body)
+
+
+def test_early_data_is_held_for_routes_that_do_not_allow_it() -> None:
+    async def body(nursery: trio.Nursery) -> None:
+        echo = EchoServer()
+        port = await echo.start(nursery)
+        terminator = EarlyTerminator(("http/1.1",), "http/1.1")
+        proxy = await start_proxy(nursery, early_runtime(port, terminator))
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        await trio.sleep(0.3)
+        assert echo.connections == 0  # nothing reaches a backend before the handshake
+        terminator.finish.set()
+        await stream.send_eof()
+        assert await stream.receive_some(100) == b"early "
+
+    run(body)
+
+
+def test_early_data_routed_elsewhere_than_negotiated_is_aborted() -> None:
+    async def body(nursery: trio.Nursery) -> None:
+        echo = EchoServer()
+        port = await echo.start(nursery)
+        terminator = EarlyTerminator(("h2",), "http/1.1")  # ALPN changed under us
+        runtime = early_runtime(port, terminator)
+        proxy = await start_proxy(nursery, runtime)
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        await wait_for(lambda: echo.connections == 1)
+        terminator.finish.set()
+        assert await stream.receive_some(100) == b""
+        await wait_for(lambda: len(proxy.observer.finished) == 1)
+        assert proxy.observer.finished[0].outcome == "early_data_route_mismatch"
 
     run(body)
