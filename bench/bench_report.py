@@ -6,6 +6,8 @@ import math
 import statistics
 from typing import TYPE_CHECKING
 
+from bench_procstat import CLOCK_TICKS
+
 if TYPE_CHECKING:  # run.py imports us; only the type names are needed here
     from run import Plan, RoundResult, TargetResult
 
@@ -102,7 +104,7 @@ def header(plan: Plan, notes: dict[str, str], command: str, elapsed: float) -> l
         "second (100% = its one pinned core); load core busy = how busy the load generators' "
         "core was (with anything, including other work on the machine): target well below "
         "100% with the load core near 100% means the clients limited the rate. MB = 10^6 "
-        "bytes.",
+        f"bytes. CPU times are /proc clock ticks (1/{CLOCK_TICKS} s), hence large transfers.",
         "",
     ]
     return lines

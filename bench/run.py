@@ -48,7 +48,8 @@ class Plan:
     duration: int = 3
     s_time_processes: int = 2
     wrk_connections: int = 32
-    bulk_bytes: int = 128 * 1024 * 1024
+    # Large enough that a target spends hundreds of clock ticks (10 ms each) per transfer.
+    bulk_bytes: int = 256 * 1024 * 1024
     hold_levels: tuple[int, ...] = (1000, 10000)
     scaling_rounds: int = 2
     target_cpus: str | None = "0"
@@ -424,7 +425,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         plan = Plan(
             rounds=2,
             duration=1,
-            bulk_bytes=16 * 1024 * 1024,
+            bulk_bytes=48 * 1024 * 1024,
             hold_levels=(100, 1000),
             scaling_rounds=1,
         )
