@@ -67,11 +67,12 @@ def _wait_ready(notify: NotifyReceiver, process: subprocess.Popen[bytes]) -> dic
         raise AssertionError(f"{exc}\n{_diagnose(process)}") from None
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_notify_lifecycle_reload_watchdog_and_stop(
-    tmp_path: Path, localhost_leaf: Issued, notify: NotifyReceiver
+    tmp_path: Path, localhost_leaf: Issued, notify: NotifyReceiver, workers: int
 ) -> None:
     port = free_port()
-    config = _config(tmp_path, localhost_leaf, [f"127.0.0.1:{port}"])
+    config = _config(tmp_path, localhost_leaf, [f"127.0.0.1:{port}"], f"workers = {workers}")
     env = daemon_env(notify, WATCHDOG_USEC="1000000")  # ping every 0.5 s
     process = start(daemon_command(config), env)
     try:
