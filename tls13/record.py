@@ -118,14 +118,19 @@ class RecordLayer:
         self._out_len = 0
         self._read: _Direction | None = None
         self._write: _Direction | None = None
-        configured = limits.max_record_buffer if limits is not None else 1 << 20
-        self._buffer_limit = max(configured, 2 * _MAX_RECORD)
+        self._buffer_limit = 0
+        self.set_buffer_limit(limits.max_record_buffer if limits is not None else 1 << 20)
         self._skip_budget: int | None = None
         self.peer_record_limit = MAX_INNER_PLAINTEXT
         self.read_record_limit = MAX_INNER_PLAINTEXT
         self.padding_to = 0
         self.plaintext_version = _TLS12
         self.accept_plaintext_alerts = False
+
+    def set_buffer_limit(self, max_record_buffer: int) -> None:
+        """Bound buffered input (never below two full records, or no record could arrive);
+        a server adopting a per-name configuration applies its Limits with this."""
+        self._buffer_limit = max(max_record_buffer, 2 * _MAX_RECORD)
 
     # ------------------------------------------------------------------ keys
 
