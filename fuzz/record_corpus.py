@@ -2,6 +2,7 @@
 
     python3 fuzz/record_corpus.py                # rewrites fuzz/corpus/{server,client}/
     python3 fuzz/record_corpus.py --client-only  # only fuzz/corpus/client/
+    python3 fuzz/record_corpus.py --variants-only  # only fuzz/corpus/server_variants/
 
 Server corpus: openssl s_client, gnutls-cli, curl and Python's ssl module talk
 to a loopback ServerConnection built from :func:`fuzz.targets.server_config`;
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,11 +35,18 @@ sys.path.insert(0, str(ROOT))
 from fuzz.targets import (  # noqa: E402
     ALPN,
     SERVER_NAME,
+    VARIANT_CLIENT_AUTH_REQUIRED,
+    VARIANT_PADDING,
+    VARIANT_PSK_KE_ONLY,
+    VARIANT_SMALL_RECORDS,
+    VARIANT_STATELESS_RETRY,
+    VARIANT_STRICT_GROUPS,
     client_config,
     fixed_pki,
     new_client,
     react,
     server_config,
+    variant_config,
 )
 from tls13.alerts import TLSError  # noqa: E402
 from tls13.client import ClientConnection  # noqa: E402
@@ -53,7 +62,8 @@ GROUP_P256 = 0x0017
 class Recorder:
     """Loopback TCP server: one deterministic ServerConnection per socket, input recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: Callable[[], ServerConfig] = server_config) -> None:
+        self.config = config
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.streams: list[bytes] = []
@@ -77,7 +87,7 @@ class Recorder:
                 self._serve(sock)
 
     def _serve(self, sock: socket.socket) -> None:
-        conn = ServerConnection(server_config())
+        conn = ServerConnection(self.config())
         received = bytearray()
         sock.settimeout(TIMEOUT)
         try:
@@ -320,6 +330,40 @@ def own_client_flights() -> dict[str, bytes]:
     return {"own-client-post-handshake-auth": b"\xff" + bytes(sent)}
 
 
+def record_variant_corpus(tmp: Path) -> dict[str, bytes]:
+    """Flights for run_server_variants: variant byte + a stream recorded under that variant."""
+    pki = fixed_pki()
+    ca, crt, key = pki.path("ca.pem"), pki.path("client.pem"), pki.path("client.key")
+    sess = tmp / "variant-sess.pem"
+    out: dict[str, bytes] = {}
+    plans: list[tuple[str, int, list[str], float]] = [
+        ("stateless-hrr", VARIANT_STATELESS_RETRY, ["-groups", "P-521:X25519"], 1.0),
+        (
+            "client-auth-required",
+            VARIANT_CLIENT_AUTH_REQUIRED,
+            ["-cert", str(crt), "-key", str(key)],
+            1.0,
+        ),
+        ("psk-ke-ticket", VARIANT_PSK_KE_ONLY, ["-allow_no_dhe_kex", "-sess_out", str(sess)], 1.5),
+        ("psk-ke-resume", VARIANT_PSK_KE_ONLY, ["-allow_no_dhe_kex", "-sess_in", str(sess)], 1.0),
+        ("padding-small-records", VARIANT_PADDING | VARIANT_SMALL_RECORDS, [], 1.0),
+        ("strict-groups-hrr", VARIANT_STRICT_GROUPS, [], 1.0),
+    ]
+    for name, flags, extra, delay in plans:
+        with Recorder(lambda flags=flags: variant_config(flags)) as rec:  # type: ignore[misc]
+            print(f"recording variant {name}", file=sys.stderr)
+            _run(["openssl", "s_client", "-connect", f"127.0.0.1:{rec.port}", "-servername",
+                  SERVER_NAME, "-CAfile", str(ca), "-tls1_3", *extra], delay=delay)  # fmt: skip
+            deadline = time.monotonic() + TIMEOUT
+            while not rec.streams and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if rec.streams:
+                out[f"real-openssl-{name}"] = bytes([flags, 0]) + rec.streams[-1]
+    for seed in ("real-openssl-default", "real-gnutls-default", "real-python-ssl"):
+        out[f"base-{seed}"] = b"\x00" + (CORPUS / "server" / seed).read_bytes()
+    return out
+
+
 def trace_client_hellos() -> dict[str, bytes]:
     """The first client record of each RFC 8448-format trace section (a ClientHello)."""
     text = TRACES.read_text()
@@ -457,19 +501,30 @@ def _free_port() -> int:
 
 
 def main() -> None:
-    """``--client-only`` re-records the client corpus and leaves the server corpus alone."""
+    """``--client-only`` / ``--variants-only`` re-record only that part of the corpus."""
     client_only = "--client-only" in sys.argv
+    variants_only = "--variants-only" in sys.argv
+    if variants_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            _write("server_variants", record_variant_corpus(Path(tmp)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         server = {} if client_only else record_server_corpus(Path(tmp))
         if not client_only:
             server.update(trace_client_hellos())
         server.update(own_client_flights())
         client = record_client_corpus(Path(tmp))
-    for directory, files in (("server", server), ("client", client)):
-        (CORPUS / directory).mkdir(parents=True, exist_ok=True)
-        for name, data in sorted(files.items()):
-            (CORPUS / directory / name).write_bytes(data)
-            print(f"{directory}/{name}: {len(data)} bytes")
+        _write("server", server)
+        _write("client", client)
+        if not client_only:
+            _write("server_variants", record_variant_corpus(Path(tmp)))
+
+
+def _write(directory: str, files: dict[str, bytes]) -> None:
+    (CORPUS / directory).mkdir(parents=True, exist_ok=True)
+    for name, data in sorted(files.items()):
+        (CORPUS / directory / name).write_bytes(data)
+        print(f"{directory}/{name}: {len(data)} bytes")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from tls13.certificates import CertificateChain, CertificateStore
 from tls13.client import ClientConnection
 from tls13.config import ClientConfig, ServerConfig
 from tls13.connection import Connection, ConnectionStateError
+from tls13.extensions import PSK_KE
 from tls13.groups import BY_NAME as GROUP_CODES
 from tls13.groups import GROUPS, PrivateShare
 from tls13.record import RecordLayer
@@ -278,6 +279,48 @@ def _check_sticky(conn: Connection, error: TLSError) -> None:
 def run_server(data: bytes) -> list[events.Event]:
     """Target: a deterministic ServerConnection fed a client's byte stream."""
     return drive(ServerConnection(server_config()), data)
+
+
+# Bits of the variant byte of run_server_variants: each turns on one configuration knob.
+VARIANT_STATELESS_RETRY = 0x01
+VARIANT_CLIENT_AUTH_REQUIRED = 0x02
+VARIANT_PSK_KE_ONLY = 0x04
+VARIANT_STRICT_GROUPS = 0x08
+VARIANT_PADDING = 0x10
+VARIANT_SMALL_RECORDS = 0x20
+VARIANT_CLIENT_SUITE_ORDER = 0x40
+VARIANT_NO_TICKETS = 0x80
+
+
+def variant_config(flags: int) -> ServerConfig:
+    """The deterministic server configuration with the knobs ``flags`` selects."""
+    config = server_config()
+    changes: dict[str, object] = {}
+    if flags & VARIANT_STATELESS_RETRY:
+        changes["stateless_retry"] = True
+    if flags & VARIANT_CLIENT_AUTH_REQUIRED:
+        changes["client_auth"] = "required"
+    if flags & VARIANT_PSK_KE_ONLY:
+        changes["psk_modes"] = (PSK_KE,)
+    if flags & VARIANT_STRICT_GROUPS:
+        changes["strict_group_preference"] = True
+        changes["groups"] = tuple(reversed(FUZZ_GROUPS))
+    if flags & VARIANT_PADDING:
+        changes["record_padding"] = 64
+    if flags & VARIANT_SMALL_RECORDS:
+        changes["record_size_limit"] = 512
+    if flags & VARIANT_CLIENT_SUITE_ORDER:
+        changes["prefer_client_suites"] = True
+    if flags & VARIANT_NO_TICKETS:
+        changes.update(ticket_keys=None, max_early_data=0, tickets=0, anti_replay=None)
+    return replace(config, **changes)  # type: ignore[arg-type]
+
+
+def run_server_variants(data: bytes) -> list[events.Event]:
+    """Target: like run_server, but byte 0 picks configuration knobs (VARIANT_* bits)."""
+    if not data:
+        return []
+    return drive(ServerConnection(variant_config(data[0])), data[1:])
 
 
 def new_client() -> ClientConnection:

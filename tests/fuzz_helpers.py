@@ -15,6 +15,7 @@ from fuzz import targets  # noqa: E402
 FUZZ_DIR = ROOT / "fuzz"
 TARGETS: dict[str, Callable[[bytes], object]] = {
     "server": targets.run_server,
+    "server_variants": targets.run_server_variants,
     "client": targets.run_client,
     "record": targets.run_record,
 }

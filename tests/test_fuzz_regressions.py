@@ -52,6 +52,27 @@ def test_recorded_client_flights_complete_the_handshake(path: Path) -> None:
     assert any(isinstance(e, events.ConnectionClosed) for e in seen), seen
 
 
+@pytest.mark.parametrize(
+    "path", sorted((FUZZ_DIR / "corpus" / "server_variants").iterdir()), ids=lambda p: p.name
+)
+def test_recorded_variant_flights_complete_the_handshake(path: Path) -> None:
+    seen = targets.run_server_variants(path.read_bytes())
+    assert any(isinstance(e, events.HandshakeComplete) for e in seen), seen
+
+
+def test_variant_seeds_reach_their_feature() -> None:
+    def info(name: str) -> events.HandshakeComplete:
+        seen = targets.run_server_variants(
+            (FUZZ_DIR / "corpus/server_variants" / name).read_bytes()
+        )
+        return next(e for e in seen if isinstance(e, events.HandshakeComplete))
+
+    assert info("real-openssl-stateless-hrr").hello_retry
+    psk_ke = info("real-openssl-psk-ke-resume")
+    assert psk_ke.resumed and psk_ke.group is None  # no (EC)DHE: RFC 8446 §4.2.9 psk_ke
+    assert info("real-openssl-client-auth-required").client_identity is not None
+
+
 def test_recorded_0rtt_flight_is_accepted() -> None:
     seen = targets.run_server((FUZZ_DIR / "corpus/server/real-openssl-resume-0rtt").read_bytes())
     complete = [e for e in seen if isinstance(e, events.HandshakeComplete)]
