@@ -669,6 +669,31 @@ def test_config_for_name_swaps_configuration(
     assert seen == ["localhost"] and info.alpn_protocol == "special"
 
 
+def test_config_for_name_swaps_limits(make_config: Callable[..., ServerConfig]) -> None:
+    strict = make_config(limits=Limits(max_empty_records=1, max_record_buffer=40_000))
+    conn = ServerConnection(make_config(config_for_name=lambda name: strict))
+    client = MiniClient()
+    handshake(conn, client)
+    assert conn.receive_data(client.protect(23, b"")) == []
+    expect_alert(conn, client.protect(23, b""), AlertDescription.unexpected_message)
+    conn = ServerConnection(make_config(config_for_name=lambda name: strict))
+    client = MiniClient()
+    handshake(conn, client)
+    partial = b"".join(client.protect(23, bytes(16384)) for _ in range(3))  # ~49 KiB at once
+    expect_alert(conn, partial[:-1], AlertDescription.internal_error)
+
+
+def test_base_limits_apply_without_a_per_name_config(
+    make_config: Callable[..., ServerConfig],
+) -> None:
+    conn = ServerConnection(make_config(config_for_name=lambda name: None))
+    client = MiniClient()
+    handshake(conn, client)
+    assert conn.receive_data(client.protect(23, b"") + client.protect(23, b"")) == []
+    got = conn.receive_data(b"".join(client.protect(23, bytes(16384)) for _ in range(3)))
+    assert sum(len(e.data) for e in got if isinstance(e, events.ApplicationData)) == 3 * 16384
+
+
 def test_keylog_lines(make_config: Callable[..., ServerConfig]) -> None:
     lines: list[str] = []
     conn = ServerConnection(make_config(keylog=lines.append))

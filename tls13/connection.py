@@ -194,6 +194,12 @@ class Connection(ABC):
     def _emit(self, event: events.Event) -> None:
         self._events.append(event)
 
+    def _apply_limits(self, limits: Limits) -> None:
+        """Switch to other resource limits (a per-name configuration); counters so far stay."""
+        self._limits = limits
+        self._reassembler.max_message = limits.max_handshake_message
+        self._record.set_buffer_limit(limits.max_record_buffer)
+
     def _send_handshake(self, message: bytes, *, in_transcript: bool = True) -> None:
         """Queue a full handshake message (header included) and add it to the transcript.
 

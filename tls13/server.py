@@ -358,7 +358,9 @@ class ServerConnection(Connection):
         return self._answer(hello, raw, selection, resumption, hello_retry=True)
 
     def _use_config(self, config: ServerConfig) -> None:
-        """Adopt a per-name configuration (its Limits keep those the connection began with)."""
+        """Adopt a per-name configuration, Limits included, from this ClientHello on."""
+        if config.limits != self._config.limits:
+            self._apply_limits(config.limits)
         self._config = config
         self._keylog = config.keylog
         self._clock = config.clock
