@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -48,6 +49,9 @@ from proxy.tlsconfig import (
     tickets_enabled,
 )
 from tls13 import TicketKeyring
+
+if TYPE_CHECKING:  # the strike register type only; the engine makes the objects
+    from tls13.tickets import ReplayRegister
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +208,13 @@ class Generation:
     health: list[HealthChecker]
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
+    def replay_register(self, listener: str) -> ReplayRegister | None:
+        """The listener's 0-RTT strike register, carried into the next generation."""
+        runtime = self.runtimes.get(listener)
+        terminator = runtime.terminator if runtime is not None else None
+        config = getattr(terminator, "config", None)
+        return getattr(config, "anti_replay", None)
+
 
 def build_generation(
     settings: Settings,
@@ -212,6 +223,7 @@ def build_generation(
     ticket_keys: TicketKeyring | None,
     listener_names: Sequence[str] | None = None,
     handshake_slots: trio.CapacityLimiter | None = None,
+    previous: Generation | None = None,
 ) -> Generation:
     """Build (and validate by building) a generation; raises on unreadable keys etc."""
     pools = {p.name: pool_from_settings(p, in_process) for p in settings.backends}
@@ -225,7 +237,8 @@ def build_generation(
         if listener_names is not None and listener.name not in listener_names:
             continue
         table = table_for_listener(settings, listener)
-        config = build_server_config(settings, listener, ticket_keys, table, chains)
+        register = previous.replay_register(listener.name) if previous is not None else None
+        config = build_server_config(settings, listener, ticket_keys, table, chains, register)
         terminator = TLSTerminator(config)
         runtimes[listener.name] = ListenerRuntime(
             listener.name,
@@ -366,6 +379,7 @@ class ProxyProcess:
             keys,
             list(self.sockets) if names is None else names,
             self.handshake_slots,
+            self.generation,
         )
 
     def _install(self, generation: Generation) -> None:

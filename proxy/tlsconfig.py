@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import trio
 from cryptography import x509
@@ -34,16 +34,19 @@ from tls13 import (
     AlertDescription,
     CertificateChain,
     CertificateStore,
+    Limits,
     ServerConfig,
     ServerConnection,
     TicketKeyring,
     TLSError,
 )
-from tls13.config import Limits
 from tls13.events import ClientHelloReceived, HandshakeComplete
 from tls13.groups import BY_NAME as GROUPS_BY_NAME
 from tls13.signatures import BY_NAME as SCHEMES_BY_NAME
 from tls13.suites import BY_NAME as SUITES_BY_NAME
+
+if TYPE_CHECKING:  # the strike register type only; the engine makes the objects
+    from tls13.tickets import ReplayRegister
 
 log = logging.getLogger(__name__)
 
@@ -133,13 +136,18 @@ def build_server_config(
     ticket_keys: TicketKeyring | None = None,
     routes: RouteTable | None = None,
     chains: dict[str, CertificateChain] | None = None,
+    anti_replay: ReplayRegister | None = None,
 ) -> ServerConfig:
     """The listener's ``ServerConfig``, with per-name variants for route TLS differences.
 
-    ``chains`` are certificates already loaded by ``load_chains`` (else read here).
+    ``chains`` are certificates already loaded by ``load_chains`` (else read here);
+    ``anti_replay`` is the listener's 0-RTT strike register from before a reload, so a
+    reload does not open a window for replaying early data seen just before it.
     """
     table = routes if routes is not None else table_for_listener(settings, listener)
     base = _base_config(settings, listener, ticket_keys, table, chains)
+    if base.max_early_data and anti_replay is not None:
+        base = dataclasses.replace(base, anti_replay=anti_replay)
     variants = {route.name: _route_variant(base, route) for route in _all_routes(table)}
 
     def config_for_name(server_name: str | None) -> ServerConfig | None:

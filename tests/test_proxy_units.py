@@ -275,3 +275,44 @@ def test_worker_keyring_follows_the_supervisors_rotation() -> None:
     assert parent.open(old_ticket) == b"issued before rotation"  # previous key still opens
     adopt_keys(worker, keyring_to_text(parent))  # repeated message: no change
     assert worker.names == parent.names
+
+
+def test_reload_keeps_the_0rtt_strike_register(tmp_path: Path) -> None:
+    from proxy.backends import InProcessBackends
+    from proxy.daemon import DaemonObserver, build_generation
+    from proxy.settings import load_settings_text
+    from proxy.tlsconfig import make_keyring
+
+    text = f"""
+[global]
+state_dir = "{tmp_path}"
+[tls]
+max_early_data = 4096
+[certificates.c]
+self_signed = true
+[listeners.l]
+addresses = ["127.0.0.1:1"]
+[routes.r]
+default = true
+pool = "p"
+early_data = true
+[backends.p]
+servers = ["demo"]
+health = {{ enabled = false }}
+"""
+    settings = load_settings_text(text, "test", tmp_path)
+    keys = make_keyring(settings)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            backends = InProcessBackends(nursery)
+            observer = DaemonObserver(None)
+            first = build_generation(settings, backends, observer, keys)
+            second = build_generation(settings, backends, observer, keys, previous=first)
+            fresh = build_generation(settings, backends, observer, keys)
+        register = first.replay_register("l")
+        assert register is not None
+        assert second.replay_register("l") is register
+        assert fresh.replay_register("l") is not register
+
+    trio.run(main)
