@@ -10,7 +10,7 @@ runtime_only=0
 
 apt_packages="python3 python3-venv python3-pip ca-certificates"
 if [ "$runtime_only" = 0 ]; then
-  apt_packages="$apt_packages openssl gnutls-bin curl prometheus systemd procps psmisc"
+  apt_packages="$apt_packages openssl gnutls-bin curl prometheus systemd procps psmisc hitch wrk testssl.sh"
 fi
 
 missing=""
@@ -30,5 +30,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extra=".[test]"
 [ "$runtime_only" = 1 ] && extra="."
-.venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e "$extra"
+.venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+# pip's warnings about unused index locations are noise here; its errors still stop the script.
+if ! .venv/bin/pip install -q -e "$extra" >.venv/pip-install.log 2>&1; then
+  cat .venv/pip-install.log >&2
+  exit 1
+fi
