@@ -4,8 +4,10 @@ Our ClientConnection and ServerConnection run in one process with no sockets,
 so the figures are the engine's own CPU cost:
 
 * handshakes/s for a full 1-RTT handshake per group and certificate type, for a
-  HelloRetryRequest and for ticket resumption; plus the server's share of the
-  time (what a proxy pays per accepted connection);
+  HelloRetryRequest (stateful and stateless) and for ticket resumption; plus the
+  server's CPU time per handshake (``time.process_time`` around the server-side
+  calls only: what a proxy pays per accepted connection) and the full-versus-
+  resumed comparison on one configuration;
 * application-data throughput at 16 KiB per ``send_data`` call, protect
   (server ``send_data`` + ``data_to_send``) and unprotect (client
   ``receive_data``) separately, per cipher suite.
@@ -104,15 +106,15 @@ def make_pki() -> Pki:
 
 
 def pump(client: Connection, server: ServerConnection, clock: list[float]) -> list[events.Event]:
-    """Exchange bytes until quiet; adds the server's time to ``clock[0]``."""
+    """Exchange bytes until quiet; adds the server's CPU time to ``clock[0]``."""
     client_events: list[events.Event] = []
     while True:
         to_server = client.data_to_send()
-        start = time.perf_counter()
+        start = time.process_time()
         if to_server:
             server.receive_data(to_server)
         to_client = server.data_to_send()
-        clock[0] += time.perf_counter() - start
+        clock[0] += time.process_time() - start
         if to_client:
             client_events += client.receive_data(to_client)
         if not to_server and not to_client:
@@ -128,7 +130,7 @@ class Scenario:
 
 
 def handshake_rate(scenario: Scenario, seconds: float) -> tuple[float, float]:
-    """(handshakes/s for the pair, server milliseconds per handshake)."""
+    """(handshakes/s for the pair, server CPU microseconds per handshake)."""
     done = 0
     server_time = [0.0]
     deadline = time.perf_counter() + seconds
@@ -137,14 +139,16 @@ def handshake_rate(scenario: Scenario, seconds: float) -> tuple[float, float]:
         client = ClientConnection(
             scenario.client, server_name="localhost", session=scenario.session()
         )
-        server = ServerConnection(scenario.server)
         client.start()
+        created = time.process_time()
+        server = ServerConnection(scenario.server)
+        server_time[0] += time.process_time() - created
         pump(client, server, server_time)
         if not (client.handshake_complete and server.handshake_complete):
             raise RuntimeError(f"{scenario.name}: handshake did not complete")
         done += 1
     elapsed = time.perf_counter() - start
-    return done / elapsed, 1000 * server_time[0] / done
+    return done / elapsed, 1e6 * server_time[0] / done
 
 
 def first_ticket(server_config: ServerConfig, client_config: ClientConfig) -> SessionTicket:
@@ -184,21 +188,41 @@ def scenarios(pki: Pki) -> list[Scenario]:
         groups=(GROUPS["x25519"], GROUPS["secp256r1"]),
         key_share_groups=(GROUPS["x25519"],),
     )
+    retry_groups = (GROUPS["secp256r1"],)
     out.append(
         Scenario(
             "HelloRetryRequest -> secp256r1",
-            server("ecdsa-p256", groups=(GROUPS["secp256r1"],)),
+            server("ecdsa-p256", groups=retry_groups),
             retry_client,
         )
     )
+    out.append(
+        Scenario(
+            "stateless HRR -> secp256r1",
+            server("ecdsa-p256", groups=retry_groups, stateless_retry=True),
+            retry_client,
+        )
+    )
+    return out + resumption_pair(pki)
+
+
+FULL_WITH_TICKET = "full (x25519 + ECDSA, 1 ticket)"
+RESUMED = "resumed (PSK + x25519, 1 ticket)"
+
+
+def resumption_pair(pki: Pki) -> list[Scenario]:
+    """A full and a resumed handshake on the same configuration, both issuing one ticket."""
     keyring = TicketKeyring.generate()
-    resume_server = ServerConfig(
+    config = ServerConfig(
         certificates=CertificateStore([pki.chains["ecdsa-p256"]]), ticket_keys=keyring, tickets=1
     )
-    resume_client = client("x25519")
-    ticket = first_ticket(resume_server, resume_client)
-    out.append(Scenario("resumption (PSK + x25519)", resume_server, resume_client, lambda: ticket))
-    return out
+    x25519 = GROUPS["x25519"]
+    client = ClientConfig(ca_certificates=(pki.ca,), groups=(x25519,), key_share_groups=(x25519,))
+    ticket = first_ticket(config, client)
+    return [
+        Scenario(FULL_WITH_TICKET, config, client),
+        Scenario(RESUMED, config, client, lambda: ticket),
+    ]
 
 
 def throughput(pki: Pki, suite: str, megabytes: int) -> tuple[float, float]:
@@ -241,10 +265,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seconds, megabytes = (0.2, 4) if args.quick else (args.seconds, args.megabytes)
     pki = make_pki()
-    print(f"{'handshake scenario':<34} {'pairs/s':>9} {'server ms/hs':>13}")
+    print(f"{'handshake scenario':<34} {'pairs/s':>9} {'server CPU us/hs':>17} {'server hs/s':>12}")
+    results: dict[str, tuple[float, float]] = {}
     for scenario in scenarios(pki):
-        rate, server_ms = handshake_rate(scenario, seconds)
-        print(f"{scenario.name:<34} {rate:>9.1f} {server_ms:>13.2f}")
+        rate, server_us = handshake_rate(scenario, seconds)
+        results[scenario.name] = (rate, server_us)
+        print(f"{scenario.name:<34} {rate:>9.1f} {server_us:>17.0f} {1e6 / server_us:>12.0f}")
+    (full_rate, full_us), (resumed_rate, resumed_us) = results[FULL_WITH_TICKET], results[RESUMED]
+    print(
+        f"full vs resumed: {full_rate:.0f} vs {resumed_rate:.0f} pairs/s; server CPU "
+        f"{full_us:.0f} vs {resumed_us:.0f} us per handshake ({full_us / resumed_us:.1f}x)"
+    )
     print()
     print(f"{'record throughput, 16 KiB writes':<34} {'protect MB/s':>13} {'unprotect MB/s':>15}")
     for suite in (
