@@ -113,6 +113,8 @@ class Target(ABC):
 
     name: str
     description: str = ""
+    # Directory the target runs in; for ours, the source tree whose code is measured.
+    source_dir: Path = REPO_DIR
 
     def available(self) -> str | None:
         """None when this target can run here, else why not."""
@@ -137,7 +139,7 @@ class Target(ABC):
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=REPO_DIR,
+                cwd=self.source_dir,
                 start_new_session=True,
                 preexec_fn=raise_nofile_limit,
             )
@@ -204,7 +206,7 @@ class OursTarget(Target):
     """tls13-proxy: our daemon, started as ``tls13-proxy run --config <generated toml>``."""
 
     def available(self) -> str | None:
-        if not (REPO_DIR / "proxy" / "cli.py").exists():
+        if not (self.source_dir / "proxy" / "cli.py").exists():
             return "proxy/cli.py does not exist yet (tls13-proxy run not available)"
         return None
 
@@ -213,8 +215,8 @@ class OursTarget(Target):
     ) -> list[str]:
         config = workdir / f"tls13-proxy-w{workers}.toml"
         config.write_text(ours_config(material, workdir, port, backend_port, workers))
-        # `python3 -m proxy` is the `tls13-proxy` command (proxy/__main__.py); running it from
-        # the repository (cwd) measures this working tree, not whatever is installed.
+        # `python3 -m proxy` is the `tls13-proxy` command (proxy/__main__.py); run from
+        # source_dir (the cwd) it measures that tree's code, not whatever is installed.
         return [sys.executable, "-m", "proxy", "run", "--config", str(config)]
 
 

@@ -35,7 +35,15 @@ import bench_load as loadgen
 import bench_procstat as procstat
 from backend import SMALL_BODY
 from bench_report import render_markdown
-from bench_targets import TARGETS, Material, Running, Target, nofile_hard_limit, start_backend
+from bench_targets import (
+    REPO_DIR,
+    TARGETS,
+    Material,
+    Running,
+    Target,
+    nofile_hard_limit,
+    start_backend,
+)
 
 DEFAULT_TARGETS = ("ours", "sslproxy", "hitch")
 
@@ -496,6 +504,29 @@ def machine_notes(plan: Plan, load_at_start: tuple[float, float, float]) -> dict
     }
 
 
+def git(*args: str) -> str:
+    done = subprocess.run(["git", *args], capture_output=True, cwd=REPO_DIR, check=True, timeout=60)
+    return done.stdout.decode().strip()
+
+
+def select_ours_code(revision: str | None, workdir: Path) -> str:
+    """Point the ``ours`` target at the code to measure; describe it for the report."""
+    if revision is None:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "proxy", "tls13").splitlines()
+        edits = f" plus {len(dirty)} uncommitted change(s) in proxy/ tls13/" if dirty else ""
+        return f"working tree at {head}{edits}"
+    commit = git("rev-parse", "--short", f"{revision}^{{commit}}")
+    source = workdir / "ours-src"
+    source.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", commit], capture_output=True, cwd=REPO_DIR, check=True, timeout=60
+    )
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    TARGETS["ours"].source_dir = source
+    return f"commit {commit} (git archive, working tree not used)"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, help="rounds per metric (default 3; quick 2)")
@@ -508,6 +539,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short run (< 2 minutes)")
     parser.add_argument("--hold", help="held-connection levels, e.g. 1000,10000")
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    parser.add_argument(
+        "--ours-commit",
+        metavar="REV",
+        help="measure our proxy as committed at REV (git archive into the run's temporary "
+        "directory) instead of the working tree, which may hold unfinished edits",
+    )
     parser.add_argument(
         "--out-dir",
         type=Path,
@@ -536,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[TargetResult] = []
     try:
         material = bench_certs.write_material(workdir)
+        ours_code = select_ours_code(args.ours_commit, workdir)
         upload_file = workdir / "upload.bin"
         with open(upload_file, "wb") as out:
             out.truncate(plan.bulk_bytes)  # sparse file: reading it costs no disk I/O
@@ -556,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
     notes = machine_notes(plan, load_at_start)
+    notes["our code"] = ours_code
     markdown = render_markdown(results, plan, notes, command, elapsed)
     print(markdown)
     args.out_dir.mkdir(parents=True, exist_ok=True)
