@@ -453,11 +453,11 @@ class RecordingBackend:
 
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
-            if not select.select([self._listener], [], [], 0.1)[0]:
-                continue
-            try:
+            try:  # __exit__ closes the listener under us: that ends the loop
+                if not select.select([self._listener], [], [], 0.1)[0]:
+                    continue
                 sock, _ = self._listener.accept()
-            except OSError:
+            except (OSError, ValueError):
                 return
             buffer = bytearray()
             with self._lock:
