@@ -242,7 +242,13 @@ def normalize_host_name(raw: bytes) -> str:
     return name.decode("ascii").lower()
 
 
+_IPV4_CHARS = frozenset(b"0123456789.")
+
+
 def _is_ip_literal(name: bytes) -> bool:
+    """An IPv4 literal (IPv6 ones already fail the LDH check on ':')."""
+    if not set(name) <= _IPV4_CHARS:
+        return False  # the common case, without ipaddress' slower parse
     try:
         ipaddress.ip_address(name.decode("ascii"))
     except ValueError:
