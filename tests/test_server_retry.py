@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from certs import make_ca, make_leaf
 from engine_helpers import MiniClient, plaintext_record, pump, split_records
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tls13 import events
 from tls13.alerts import AlertDescription, TLSError
@@ -295,3 +297,17 @@ def test_stateful_cookie_is_refused_by_a_stateless_server(
     client = MiniClient(groups=(X25519, P384), share_groups=(X25519,))
     ch2 = first_flight(make_config(stateless_retry=False), client)
     expect_alert(ServerConnection(make_config()), ch2, AlertDescription.illegal_parameter)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cookie=st.binary(min_size=1, max_size=300))
+def test_arbitrary_cookies_never_crash(
+    make_config: Callable[..., ServerConfig], cookie: bytes
+) -> None:
+    client = MiniClient(groups=(X25519, P384), share_groups=(P384,))
+    client.cookie = cookie
+    with pytest.raises(TLSError) as caught:
+        ServerConnection(make_config()).receive_data(client.hello_record())
+    assert caught.value.alert == AlertDescription.illegal_parameter, caught.value
