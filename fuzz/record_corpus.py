@@ -42,10 +42,12 @@ from fuzz.targets import (  # noqa: E402
     VARIANT_STATELESS_RETRY,
     VARIANT_STRICT_GROUPS,
     client_config,
+    exchange,
     fixed_pki,
     new_client,
     react,
     server_config,
+    start_resuming_client,
     variant_config,
 )
 from tls13.alerts import TLSError  # noqa: E402
@@ -397,6 +399,7 @@ def record_client_corpus(tmp: Path) -> dict[str, bytes]:
     out["own-server-hrr"] = b"\x00" + _own_exchange(replace(ecdsa, groups=(GROUP_P256,)))
     out["own-server-client-auth"] = b"\x00" + _own_exchange(replace(ecdsa, client_auth="required"))
     out["own-server-post-handshake"] = b"\x03" + _own_exchange(ecdsa, after_handshake=True)
+    out.update(_resumed_flights())
     port = _free_port()
     pki = fixed_pki()
     s_server = subprocess.Popen(
@@ -430,6 +433,25 @@ def record_client_corpus(tmp: Path) -> dict[str, bytes]:
     finally:
         s_server.kill()
         s_server.wait()
+    return out
+
+
+def _resumed_flights() -> dict[str, bytes]:
+    """Server answers to the resuming client: 0-RTT accepted, 0-RTT declined, HRR."""
+    ecdsa = server_config(ecdsa=True)
+    configs = {
+        "resumed-0rtt": ecdsa,
+        "resumed-0rtt-declined": replace(ecdsa, max_early_data=0),
+        "resumed-hrr": replace(ecdsa, groups=(GROUP_P256,)),
+    }
+    out: dict[str, bytes] = {}
+    for name, config in configs.items():
+        client, first_flight = start_resuming_client()
+        server = ServerConnection(config)
+        server.receive_data(first_flight)
+        sent = server.data_to_send()
+        client.receive_data(sent)
+        out[name] = b"\x00" + sent + exchange(client, server)
     return out
 
 
@@ -515,7 +537,9 @@ def main() -> None:
         server.update(own_client_flights())
         client = record_client_corpus(Path(tmp))
         _write("server", server)
-        _write("client", client)
+        resumed = {k: v for k, v in client.items() if k.startswith("resumed-")}
+        _write("client", {k: v for k, v in client.items() if k not in resumed})
+        _write("client_resumed", resumed)
         if not client_only:
             _write("server_variants", record_variant_corpus(Path(tmp)))
 

@@ -6,7 +6,7 @@ set -eu
 cd "$(dirname "$0")/.."
 seconds="${1:-200}"
 mkdir -p fuzz/logs
-for target in ${TARGETS:-server server_variants client record}; do
+for target in ${TARGETS:-server server_variants client client_resumed record}; do
     work="fuzz/work/$target"
     mkdir -p "$work" "fuzz/regressions/$target"
     python3 "fuzz/fuzz_$target.py" "$work" "fuzz/corpus/$target" \

@@ -43,7 +43,7 @@ from tls13.groups import GROUPS, PrivateShare
 from tls13.record import RecordLayer
 from tls13.server import ServerConnection
 from tls13.suites import SUITES
-from tls13.tickets import TicketKeyring
+from tls13.tickets import SessionTicket, TicketKeyring
 
 # A fixed moment inside the validity of the certificates in fuzz/pki (2025..2045).
 FROZEN_TIME = 1_800_000_000.0  # 2027-01-15
@@ -329,6 +329,73 @@ def new_client() -> ClientConnection:
     client.start()
     client.data_to_send()
     return client
+
+
+def exchange(client: Connection, server: Connection, limit: int = 12) -> bytes:
+    """Pump two in-memory connections until both are quiet; return all the server sent."""
+    sent = bytearray()
+    for _ in range(limit):
+        to_server = client.data_to_send()
+        if to_server:
+            server.receive_data(to_server)
+        to_client = server.data_to_send()
+        if to_client:
+            sent += to_client
+            client.receive_data(to_client)
+        if not to_server and not to_client:
+            break
+    return bytes(sent)
+
+
+@cache
+def resumption_ticket() -> SessionTicket:
+    """A ticket (0-RTT allowed, ALPN h2) from a full handshake with the deterministic
+    server: fixed ticket keys and a frozen clock make it valid for every later run."""
+    # Every byte of that handshake must be reproducible, since the PSK hangs on its
+    # transcript: the Ed25519 server (so no verification: the Web PKI profile refuses
+    # Ed25519) and no client certificate (an ECDSA CertificateVerify is randomized).
+    config = replace(client_config(b"ticket client"), ca_certificates=None, certificate=None)
+    client = ClientConnection(config, server_name=SERVER_NAME, alpn_protocols=ALPN)
+    client.start()
+    server = ServerConnection(server_config(b"ticket server"))
+    tickets: list[SessionTicket] = []
+    for _ in range(6):
+        to_server = client.data_to_send()
+        if to_server:
+            server.receive_data(to_server)
+        to_client = server.data_to_send()
+        if not to_client and not to_server:
+            break
+        for event in client.receive_data(to_client):
+            if isinstance(event, events.NewSessionTicketReceived):
+                tickets.append(event.ticket)
+    return tickets[0]
+
+
+EARLY_DATA = b"GET /early HTTP/1.1\r\n\r\n"
+
+
+def start_resuming_client() -> tuple[ClientConnection, bytes]:
+    """A started deterministic client offering the ticket, and its first flight
+    (ClientHello, compatibility CCS, 0-RTT data)."""
+    client = ClientConnection(
+        client_config(b"resuming client"),
+        server_name=SERVER_NAME,
+        alpn_protocols=ALPN,
+        session=resumption_ticket(),
+    )
+    client.start()
+    client.send_early_data(EARLY_DATA)
+    return client, client.data_to_send()
+
+
+def new_resuming_client() -> ClientConnection:
+    return start_resuming_client()[0]
+
+
+def run_client_resumed(data: bytes) -> list[events.Event]:
+    """Target: a resuming client (PSK + 0-RTT offered) fed a server's byte stream."""
+    return drive(new_resuming_client(), data)
 
 
 def run_client(data: bytes) -> list[events.Event]:

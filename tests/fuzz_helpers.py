@@ -17,6 +17,7 @@ TARGETS: dict[str, Callable[[bytes], object]] = {
     "server": targets.run_server,
     "server_variants": targets.run_server_variants,
     "client": targets.run_client,
+    "client_resumed": targets.run_client_resumed,
     "record": targets.run_record,
 }
 # Inputs of findings not fixed yet live in fuzz/open/<target>/ (not replayed here):

@@ -10,6 +10,8 @@ the deep states.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,35 @@ def test_recorded_server_flights_complete_the_client() -> None:
     for path in sorted((FUZZ_DIR / "corpus" / "client").iterdir()):
         seen = targets.run_client(path.read_bytes())
         assert any(isinstance(e, events.HandshakeComplete) for e in seen), path.name
+
+
+def test_recorded_resumption_flights_reach_their_outcome() -> None:
+    def info(name: str) -> tuple[events.HandshakeComplete, list[events.Event]]:
+        seen = targets.run_client_resumed((FUZZ_DIR / "corpus/client_resumed" / name).read_bytes())
+        return next(e for e in seen if isinstance(e, events.HandshakeComplete)), seen
+
+    accepted, _ = info("resumed-0rtt")
+    assert accepted.resumed and accepted.early_data_accepted
+    declined, seen = info("resumed-0rtt-declined")
+    assert declined.resumed and not declined.early_data_accepted
+    assert any(isinstance(e, events.EarlyDataRejected) for e in seen)
+    retried, _ = info("resumed-hrr")
+    assert retried.resumed and retried.hello_retry
+
+
+def test_resumption_ticket_is_reproducible() -> None:
+    """The client_resumed corpus needs the same ticket and PSK in every process."""
+    ticket = targets.resumption_ticket()
+    assert ticket.max_early_data > 0 and ticket.alpn_protocol == "h2"
+    code = (
+        "import sys; sys.path.insert(0, '.'); from fuzz import targets; "
+        "t = targets.resumption_ticket(); print((t.psk + t.ticket).hex())"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code], cwd=FUZZ_DIR.parent, capture_output=True, text=True,
+        timeout=60, check=True,
+    )  # fmt: skip
+    assert other.stdout.strip() == (ticket.psk + ticket.ticket).hex()
 
 
 def test_chunking_covers_every_byte() -> None:
