@@ -21,6 +21,9 @@ METRICS = (
 )
 
 
+SATURATED = 0.9  # target busy (CPU s per wall s) from which one worker is the bottleneck
+
+
 def median(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return statistics.median(finite) if finite else float("nan")
@@ -210,10 +213,13 @@ def scaling_table(results: list[TargetResult]) -> list[str]:
             lines.append(f"| {result.name} | – | – | – | {why.splitlines()[0]} | – | – |")
             continue
         r1, r2 = median(rates(one)), median(rates(two))
+        processes = f"{one[-1].extra.get('processes', '?')} → {two[-1].extra.get('processes', '?')}"
+        # A worker can only add capacity if one worker was already the bottleneck.
+        verdict = "" if busy(one) >= SATURATED else " (inconclusive: 1 worker not saturated)"
         lines.append(
-            f"| {result.name} | {fmt(r1)}/s | {fmt(r2)}/s | {fmt(r2 / r1, 2)} | "
+            f"| {result.name} | {fmt(r1)}/s | {fmt(r2)}/s | {fmt(r2 / r1, 2)}{verdict} | "
             f"{fmt(median(cpus(one)) * 1e3, 2)} → {fmt(median(cpus(two)) * 1e3, 2)} | "
-            f"{pct(busy(one))} → {pct(busy(two))} | {one[-1].extra.get('processes', '?')} → {two[-1].extra.get('processes', '?')} |"
+            f"{pct(busy(one))} → {pct(busy(two))} | {processes} |"
         )
     return lines + [
         "",
