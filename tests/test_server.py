@@ -6,6 +6,7 @@ field of the ClientHello and every record can be broken on purpose.
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 from certs import Issued, make_ca, make_leaf
 from engine_helpers import MiniClient, plaintext_record, store_for
+from interop_helpers import ocsp_response, utcnow
 
 from tls13 import events
 from tls13 import extensions as ext
@@ -40,6 +42,7 @@ P256 = GROUPS["secp256r1"]
 P384 = GROUPS["secp384r1"]
 HYBRID = GROUPS["X25519MLKEM768"]
 CCS_RECORD = bytes.fromhex("140303000101")
+HOUR = datetime.timedelta(hours=1)
 
 
 @pytest.fixture(scope="module")
@@ -751,21 +754,39 @@ def test_skips_early_data_after_hello_retry(make_config: Callable[..., ServerCon
     assert isinstance(info, events.HandshakeComplete) and info.hello_retry
 
 
-def test_ocsp_staple_in_leaf_entry(pki: tuple[Issued, Issued]) -> None:
-    ca, leaf = pki
-    staple = b"\x30\x03\x0a\x01\x00"  # an OCSPResponse DER (status successful, no body)
-    chain = CertificateChain.from_pem(leaf.cert_pem() + ca.cert_pem(), leaf.key_pem(), staple)
-    conn = ServerConnection(ServerConfig(certificates=CertificateStore([chain])))
-    asking = MiniClient(
+def _stapling_server(ca: Issued, leaf: Issued, response: bytes) -> ServerConnection:
+    chain = CertificateChain.from_pem(leaf.cert_pem() + ca.cert_pem(), leaf.key_pem(), response)
+    return ServerConnection(ServerConfig(certificates=CertificateStore([chain])))
+
+
+def _asking_client() -> MiniClient:
+    return MiniClient(
         extra_extensions=[(ExtensionType.status_request, ext.encode_status_request_ocsp())]
     )
-    handshake(conn, asking)
+
+
+def test_ocsp_staple_in_leaf_entry(pki: tuple[Issued, Issued]) -> None:
+    ca, leaf = pki
+    now = utcnow()
+    staple = ocsp_response(ca, leaf, now - HOUR, now + HOUR)
+    asking = _asking_client()
+    handshake(_stapling_server(ca, leaf, staple), asking)
     certificate = Certificate.parse(asking.messages[1][1][4:])
     assert certificate.certificate_list[0].ocsp_response() == staple
     assert certificate.certificate_list[1].ocsp_response() is None
     silent = MiniClient()
-    handshake(ServerConnection(ServerConfig(certificates=CertificateStore([chain]))), silent)
+    handshake(_stapling_server(ca, leaf, staple), silent)
     assert Certificate.parse(silent.messages[1][1][4:]).certificate_list[0].ocsp_response() is None
+
+
+def test_stale_ocsp_response_is_not_stapled(pki: tuple[Issued, Issued]) -> None:
+    """Review R21: RFC 6960 §4.2.2.1: past nextUpdate the response is worthless."""
+    ca, leaf = pki
+    now = utcnow()
+    stale = ocsp_response(ca, leaf, now - 48 * HOUR, now - 24 * HOUR)
+    asking = _asking_client()
+    handshake(_stapling_server(ca, leaf, stale), asking)
+    assert Certificate.parse(asking.messages[1][1][4:]).certificate_list[0].ocsp_response() is None
 
 
 def test_record_padding_hides_lengths(make_config: Callable[..., ServerConfig]) -> None:

@@ -222,6 +222,24 @@ def test_replayed_client_hello_gets_no_early_data(
     assert not any(isinstance(e, events.EarlyData) for e in replay)
 
 
+def test_ticket_gives_early_data_once(
+    client_config: ClientConfig, server_config: Callable[..., ServerConfig]
+) -> None:
+    """Review R20: RFC 8446 §8.1: a second ClientHello (fresh binder) with the same ticket
+    resumes, but its 0-RTT is declined: the register is keyed on the ticket."""
+    config = server_config(max_early_data=4096)
+    ticket = _early_ticket(client_config, config)
+    _, first = connect(client_config, config, ticket, early=b"transfer 100")
+    assert info_of(first).early_data_accepted
+    client_events, second = connect(client_config, config, ticket, early=b"transfer 100")
+    assert events.EarlyDataRejected() in client_events
+    assert info_of(second).resumed and not info_of(second).early_data_accepted
+    assert not any(isinstance(e, events.EarlyData) for e in second)
+    other = tickets_from(client_events)[0]  # a different ticket still gets its own 0-RTT
+    _, third = connect(client_config, config, other, early=b"transfer 5")
+    assert info_of(third).early_data_accepted
+
+
 def test_stale_ticket_age_declines_early_data(
     client_config: ClientConfig, server_config: Callable[..., ServerConfig], clock: Clock
 ) -> None:

@@ -139,7 +139,7 @@ class _Resumption:
     index: int
     state: SessionState
     obfuscated_age: int
-    first_binder: bytes  # anti-replay key for 0-RTT (§8.2)
+    ticket: bytes  # the PSK identity: 0-RTT anti-replay key (§8.1 single use)
     mode: int  # psk_dhe_ke or psk_ke (§4.2.9)
 
 
@@ -622,7 +622,7 @@ class ServerConnection(Connection):
                 continue
             self._check_binder(hello, suite, state.psk, offered.binders[index])
             age = identity.obfuscated_ticket_age
-            return _Resumption(index, state, age, offered.binders[0], mode)
+            return _Resumption(index, state, age, identity.identity, mode)
         return None
 
     def _ticket_fits(self, state: SessionState, hello: ClientHello) -> bool:
@@ -683,7 +683,11 @@ class ServerConnection(Connection):
         if not state.age_is_fresh(resumption.obfuscated_age, int(now * 1000), _AGE_TOLERANCE_MS):
             return False
         register = config.anti_replay
-        return register is not None and register.check_and_add(resumption.first_binder, now)
+        # §8.1/§8.2: key the register on the ticket, not the binder: every ClientHello
+        # has a fresh binder, so only the ticket makes its 0-RTT single-use (a second
+        # use within the window resumes with 0-RTT declined).  Past the window a
+        # replayed hello fails the age check above.
+        return register is not None and register.check_and_add(resumption.ticket, now)
 
     def _on_early_application_data(self, payload: bytes) -> None:
         if self._state is not ServerState.WAIT_EOED:
@@ -846,16 +850,15 @@ class ServerConnection(Connection):
             self._send_handshake(message)
 
     def _send_certificate(self, chain: CertificateChain, context: bytes, ocsp: bool) -> None:
+        # RFC 6960 §4.2.2.1: a response past nextUpdate (or unusable) is not stapled.
+        staple = chain.ocsp_staple(self._config.clock()) if ocsp else None
         entries = []
         for index, der in enumerate(chain.der_chain):
             extensions: list[tuple[int, bytes]] = []
-            if index == 0 and ocsp and chain.ocsp_response:
+            if index == 0 and staple is not None:
                 # RFC 8446 §4.4.2.1: the OCSP response rides in the leaf's CertificateEntry.
                 extensions.append(
-                    (
-                        ExtensionType.status_request,
-                        ext.encode_certificate_status(chain.ocsp_response),
-                    )
+                    (ExtensionType.status_request, ext.encode_certificate_status(staple))
                 )
             entries.append(CertificateEntry(der, extensions))
         self._send_handshake(Certificate(context, tuple(entries)).serialize())
