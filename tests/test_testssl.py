@@ -24,6 +24,8 @@ import datetime
 import json
 import shutil
 import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +47,15 @@ pytestmark = [
 
 SCAN_TIMEOUT = 300
 BAD_SEVERITIES = {"MEDIUM", "HIGH", "CRITICAL", "WARN"}
+# (id, finding) pairs that are not about the server, with the reason.
+NOT_ABOUT_THE_SERVER = {
+    ("sessionresumption_ticket", "check failed because of connect problem"): (
+        "testssl 3.0.8 runs `s_client -sess_out` with stdin at EOF; for TLS 1.3 the ticket "
+        "comes after the client's Finished (RFC 8446 §4.6.1), so s_client often exits before "
+        "it and the second, -sess_in, connection then has no session file. Whether it happens "
+        "is a race; resumption itself is checked by test_tickets_resume_with_openssl."
+    ),
+}
 SUITES = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
 
 
@@ -125,7 +136,7 @@ def test_no_medium_or_worse_findings(scan: Scan) -> None:
     bad = [
         f"{f['severity']} {f['id']}: {f['finding']}"
         for f in scan.findings
-        if f["severity"] in BAD_SEVERITIES
+        if f["severity"] in BAD_SEVERITIES and (f["id"], f["finding"]) not in NOT_ABOUT_THE_SERVER
     ]
     assert not bad, "\n".join(bad)
 
@@ -157,3 +168,36 @@ def test_probes_end_in_alerts_not_internal_errors(scan: Scan) -> None:
     ]
     assert not internal, internal
     assert any(r.info is not None for r in records)
+
+
+def test_tickets_resume_with_openssl(tmp_path: Path) -> None:
+    """What the racy testssl ticket check means to test: an openssl session resumes."""
+    ca = make_ca("tls13-proxy resumption CA")
+    leaf = _proper_leaf(ca)
+    config = ServerConfig(
+        certificates=store_for([(leaf.cert_pem(), leaf.key_pem())]),
+        ticket_keys=TicketKeyring.generate(),
+    )
+    session = tmp_path / "session.pem"
+    with EngineServer(config, http_behaviour, timeout=10.0) as server:
+        base = ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}",
+                "-servername", "localhost", "-tls1_3"]  # fmt: skip
+        # Keep stdin open a moment so the NewSessionTicket arrives before s_client exits.
+        first = subprocess.Popen(
+            [*base, "-sess_out", str(session)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        time.sleep(1.0)
+        try:
+            first.communicate(timeout=10)  # closes stdin: s_client says close_notify and exits
+        except subprocess.TimeoutExpired:
+            first.kill()
+            first.communicate()
+        assert session.exists() and session.stat().st_size > 0
+        second = subprocess.run(
+            [*base, "-sess_in", str(session)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        records = server.wait_for(2, timeout=15)
+    assert "Reused, TLSv1.3" in second.stdout, second.stdout[-2000:]
+    assert records[1].info is not None and records[1].info.resumed
