@@ -33,6 +33,7 @@ from tls13.client import ClientConnection  # noqa: E402
 from tls13.config import ClientConfig  # noqa: E402
 from tls13.messages import ClientHello  # noqa: E402
 from tls13.server import ServerConnection  # noqa: E402
+from tls13.tickets import ReplayRegister  # noqa: E402
 
 X25519, P256 = 0x001D, 0x0017
 CCS = b"\x14\x03\x03\x00\x01\x01"
@@ -181,6 +182,33 @@ def ip_literal_server_name_accepted() -> bool:
     return _alert_of(lambda: server.receive_data(mini.hello_record())) is None
 
 
+def zero_rtt_replayable_after_register_window() -> bool:
+    """R11: a 0-RTT ClientHello with a fast client clock is accepted again later."""
+    now = {"server": 1000.0, "client": 1000.0}
+    server_config_ = replace(
+        server_config(), clock=lambda: now["server"], anti_replay=ReplayRegister(10.0, 1000)
+    )
+    client_config_ = replace(_client_config(), certificate=None, clock=lambda: now["client"])
+    client = ClientConnection(client_config_, server_name="localhost", alpn_protocols=("h2",))
+    client.start()
+    client_events, _ = pump(client, ServerConnection(server_config_))
+    ticket = next(e.ticket for e in client_events if isinstance(e, events.NewSessionTicketReceived))
+    now["server"] += 100.0
+    now["client"] += 108.0  # the client's clock was stepped 8 s forward meanwhile
+    client = ClientConnection(
+        client_config_, server_name="localhost", alpn_protocols=("h2",), session=ticket
+    )
+    client.start()
+    client.send_early_data(b"POST /transfer")
+    flight = client.data_to_send()
+    accepted = 0
+    for delay in (0.0, 5.0, 5.5, 4.0):  # the original, then replays at +5, +10.5, +14.5 s
+        now["server"] += delay
+        got = ServerConnection(server_config_).receive_data(flight)
+        accepted += any(isinstance(e, events.EarlyData) for e in got)
+    return accepted > 1
+
+
 CHECKS: list[Callable[[], bool]] = [
     cross_name_resumption_bypasses_client_auth,
     early_data_skipping_survives_hello_retry,
@@ -192,6 +220,7 @@ CHECKS: list[Callable[[], bool]] = [
     plaintext_alert_after_server_hello_misreported,
     tls12_hello_with_compression_gets_illegal_parameter,
     ip_literal_server_name_accepted,
+    zero_rtt_replayable_after_register_window,
 ]
 
 
