@@ -107,6 +107,9 @@ class ConnectionRecord:
     alert: str = ""
     alert_by_peer: bool = False
     tickets_issued: int = 0
+    # Bytes on the client socket (TLS records included); the plaintext counts are above.
+    wire_from_client: int = 0
+    wire_to_client: int = 0
 
     def finish(self, outcome: str, detail: str = "") -> None:
         """Keep the first meaningful outcome: later cleanup must not overwrite the cause."""
@@ -223,7 +226,10 @@ async def _serve(
             async with established.stream as client:
                 await _proxy(client, established, runtime, record, forwarder)
         finally:
-            record.tickets_issued = getattr(established.stream, "tickets_issued", 0)
+            stream = established.stream
+            record.tickets_issued = getattr(stream, "tickets_issued", 0)
+            record.wire_from_client = getattr(stream, "wire_received", record.bytes_from_client)
+            record.wire_to_client = getattr(stream, "wire_sent", record.bytes_to_client)
     finally:
         await forwarder.abandon()
 

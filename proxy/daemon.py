@@ -139,8 +139,8 @@ class DaemonObserver:
     def _account(self, accounting: metrics.ConnectionMetrics, record: ConnectionRecord) -> None:
         if record.tickets_issued:
             accounting.ticket_issued(record.tickets_issued)
-        accounting.add_received(record.bytes_from_client)
-        accounting.add_sent(record.bytes_to_client)
+        accounting.add_received(record.wire_from_client)
+        accounting.add_sent(record.wire_to_client)
         if record.outcome == "handshake_timeout":
             accounting.handshake_failed("timeout")
             metrics.limit_hit("handshake_timeout")
@@ -534,8 +534,34 @@ def startup_error(exc: BaseException) -> BaseException | None:
     return exc if isinstance(exc, STARTUP_ERRORS) else None
 
 
+def remember_early_signals() -> list[int]:
+    """Until trio's handlers take over, record SIGHUP/SIGTERM instead of dying of them: a
+    reload or stop sent while we start up (the port already accepts) is applied once serving."""
+    early: list[int] = []
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, lambda received, _frame: early.append(received))
+    return early
+
+
+async def serve_with_early_signals(
+    process: ProxyProcess,
+    early: list[int],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve, applying signals that arrived before our handlers existed."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(process.serve)
+        for signum in early:
+            if signum == signal.SIGHUP:
+                process.reload()
+            else:
+                process.stop()
+        task_status.started()
+
+
 def run(settings: Settings, config_path: Path | None) -> int:
     """Run the daemon until told to stop; returns the process exit status."""
+    early = remember_early_signals()
     configure_logging(settings.global_.log_format, settings.global_.log_level)
     for warning in settings.warnings:
         log.warning("configuration: %s", warning)
@@ -543,8 +569,8 @@ def run(settings: Settings, config_path: Path | None) -> int:
         if settings.global_.workers > 1:
             from proxy.workers import supervise
 
-            return supervise(settings, config_path)
-        return _run_single(settings, config_path)
+            return supervise(settings, config_path, early)
+        return _run_single(settings, config_path, early)
     except Exception as exc:
         failure = startup_error(exc)
         if failure is None:
@@ -553,7 +579,7 @@ def run(settings: Settings, config_path: Path | None) -> int:
         return EXIT_STARTUP_FAILED
 
 
-def _run_single(settings: Settings, config_path: Path | None) -> int:
+def _run_single(settings: Settings, config_path: Path | None, early: list[int]) -> int:
     sockets = bind_listeners(settings, activated=activated_sockets())
     process = ProxyProcess(
         settings,
@@ -568,7 +594,7 @@ def _run_single(settings: Settings, config_path: Path | None) -> int:
         server = metrics.start_metrics_server(str(settings.metrics.listen))
     metrics.config_loaded()
     try:
-        trio.run(process.serve)
+        trio.run(serve_with_early_signals, process, early)
     finally:
         if server is not None:
             server.close()

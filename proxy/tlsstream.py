@@ -63,6 +63,9 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self.client_hello: events.ClientHelloReceived | None = None
         self.bytes_received = 0
         self.bytes_sent = 0
+        # Ciphertext on the wire (records, handshake, alerts), for the byte metrics.
+        self.wire_received = 0
+        self.wire_sent = 0
         self.clean_close: bool | None = None
         self.tickets_issued = 0
         self._incoming = bytearray()
@@ -121,6 +124,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
     async def _read_transport(self) -> None:
         try:
             data = await self.transport.receive_some(READ_SIZE)
+            self.wire_received += len(data)
         except trio.BrokenResourceError as exc:
             self._eof, self.clean_close = True, False
             raise TLSTruncated(f"transport failed: {exc}") from exc
@@ -144,6 +148,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         out = self.connection.data_to_send()
         if out:
             async with self._send_lock:
+                self.wire_sent += len(out)
                 await self.transport.send_all(out)
 
     def _handle_events(self, happened: list[events.Event]) -> None:
@@ -197,6 +202,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         async with self._send_lock:
             out = self.connection.data_to_send()
             if out:
+                self.wire_sent += len(out)
                 await self.transport.send_all(out)
 
     async def _flush_quietly(self) -> None:

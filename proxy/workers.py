@@ -48,6 +48,8 @@ from proxy.daemon import (
     bind_listeners,
     listener_shape,
     make_access_log,
+    remember_early_signals,
+    serve_with_early_signals,
     systemd_watchdog,
 )
 from proxy.settings import ConfigError, Settings, embedded_default, load_settings, reload_settings
@@ -196,7 +198,7 @@ def close_slot_sockets(slots: Sequence[WorkerSlot]) -> None:
                 sock.close()
 
 
-async def supervise_async(supervisor: Supervisor) -> None:
+async def supervise_async(supervisor: Supervisor, early_signals: Sequence[int] = ()) -> None:
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             for slot in supervisor.slots:
@@ -204,20 +206,28 @@ async def supervise_async(supervisor: Supervisor) -> None:
             nursery.start_soon(systemd_watchdog)
             nursery.start_soon(_rotate_keys, supervisor)
             systemd.notify_ready(f"{len(supervisor.slots)} workers")
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    await _reload(supervisor, nursery)
-                    continue
-                log.info("received %s: stopping workers", signal.Signals(signum).name)
-                systemd.notify_stopping("draining workers")
-                supervisor.stopping = True
-                supervisor.signal_workers(signal.SIGTERM)
-                nursery.start_soon(
-                    _kill_after, supervisor, supervisor.settings.limits.drain_timeout
-                )
-                break
+            for signum in early_signals:  # sent while we were starting up
+                if not await _on_signal(supervisor, nursery, signum):
+                    break
+            else:
+                async for signum in signals:
+                    if not await _on_signal(supervisor, nursery, signum):
+                        break
             await _wait_all(supervisor)
             nursery.cancel_scope.cancel()
+
+
+async def _on_signal(supervisor: Supervisor, nursery: trio.Nursery, signum: int) -> bool:
+    """Reload on SIGHUP; otherwise start stopping. False once stopping."""
+    if signum == signal.SIGHUP:
+        await _reload(supervisor, nursery)
+        return True
+    log.info("received %s: stopping workers", signal.Signals(signum).name)
+    systemd.notify_stopping("draining workers")
+    supervisor.stopping = True
+    supervisor.signal_workers(signal.SIGTERM)
+    nursery.start_soon(_kill_after, supervisor, supervisor.settings.limits.drain_timeout)
+    return False
 
 
 async def _wait_all(supervisor: Supervisor) -> None:
@@ -300,7 +310,9 @@ async def _rotate_keys(supervisor: Supervisor) -> None:
             log.info("session ticket keys rotated")
 
 
-def supervise(settings: Settings, config_path: Path | None) -> int:
+def supervise(
+    settings: Settings, config_path: Path | None, early_signals: Sequence[int] = ()
+) -> int:
     """Parent entry: bind, start workers, supervise until stopped."""
     load_chains(settings)  # fail here, clearly, rather than in every worker in a loop
     slots = make_slots(settings, settings.global_.workers, activated_sockets())
@@ -312,7 +324,7 @@ def supervise(settings: Settings, config_path: Path | None) -> int:
     supervisor = Supervisor(settings, config_path, make_keyring(settings), slots)
     metrics.config_loaded()
     try:
-        trio.run(supervise_async, supervisor)
+        trio.run(supervise_async, supervisor, early_signals)
     finally:
         close_slot_sockets(supervisor.slots)
         if server is not None:
@@ -350,13 +362,7 @@ async def _control(process: ProxyProcess, stdin: trio.abc.ReceiveStream) -> None
 
 async def worker_async(process: ProxyProcess, early_signals: list[int]) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(process.serve)
-        # Signals relayed before our handlers existed (a reload right after a restart).
-        for signum in early_signals:
-            if signum == signal.SIGHUP:
-                process.reload()
-            else:
-                process.stop()
+        await nursery.start(serve_with_early_signals, process, early_signals)
         nursery.start_soon(_control, process, trio.lowlevel.FdStream(os.dup(0)))
         await process.stopped.wait()
         nursery.cancel_scope.cancel()
@@ -366,10 +372,8 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     """Worker entry (``python -m proxy.workers``): bootstrap from stdin, then serve."""
     from proxy.accesslog import configure_logging
 
+    early_signals = remember_early_signals()
     argparse.ArgumentParser(prog="proxy.workers").parse_args(argv)
-    early_signals: list[int] = []
-    for signum in (signal.SIGHUP, signal.SIGTERM):
-        signal.signal(signum, lambda received, _frame: early_signals.append(received))
     message = json.loads(sys.stdin.buffer.readline())
     settings = _worker_settings(message)
     configure_logging(settings.global_.log_format, settings.global_.log_level)
