@@ -264,9 +264,16 @@ def test_message_before_server_hello_is_unexpected() -> None:
     _expect_alert(client, record(HANDSHAKE, ee), AlertDescription.unexpected_message)
 
 
-def test_ccs_before_server_hello_is_unexpected() -> None:
+def test_ccs_before_server_hello_is_dropped() -> None:
+    # RFC 8446 §5: an unprotected CCS any time after the first ClientHello is dropped.
     client, _ = _started()
-    _expect_alert(client, record(CCS, b"\x01"), AlertDescription.unexpected_message)
+    assert client.receive_data(record(CCS, b"\x01")) == []
+    assert client.data_to_send() == b""
+
+
+def test_ccs_with_a_wrong_body_is_unexpected() -> None:
+    client, _ = _started()
+    _expect_alert(client, record(CCS, b"\x02"), AlertDescription.unexpected_message)
 
 
 def test_eof_during_handshake() -> None:

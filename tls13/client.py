@@ -78,9 +78,11 @@ class ClientState(enum.Enum):
     # Post-handshake authentication (RFC 8446 §4.6.2) is answered in one step.
 
 
-# States in which the server's single compatibility CCS may arrive (RFC 8446 §5, D.4).
+# States in which an unprotected compatibility CCS is dropped: any time after our first
+# ClientHello and before the server's Finished (RFC 8446 §5, D.4).
 _CCS_STATES = frozenset(
     {
+        ClientState.WAIT_SH,
         ClientState.WAIT_SH2,
         ClientState.WAIT_EE,
         ClientState.WAIT_CERT_CR,
