@@ -23,7 +23,7 @@ from tls13.config import ClientConfig, ServerConfig
 from tls13.extensions import ExtensionType
 from tls13.groups import BY_NAME as GROUP_CODES
 from tls13.server import ServerConnection
-from tls13.tickets import SessionTicket, TicketKeyring
+from tls13.tickets import ReplayRegister, SessionTicket, TicketKeyring
 
 
 class Clock:
@@ -268,3 +268,49 @@ def test_too_much_early_data(
     with pytest.raises(TLSError) as caught:
         ServerConnection(stingy).receive_data(client.data_to_send())
     assert caught.value.alert == AlertDescription.unexpected_message
+
+
+def _fast_clock_flight(
+    pki: dict[str, Any], config: ServerConfig, clock: Clock, ahead: float
+) -> bytes:
+    """A 0-RTT first flight from a client whose clock was stepped ``ahead`` seconds."""
+    client_clock = Clock()
+    client_clock.now = clock.now
+    client_config = ClientConfig(ca_certificates=(pki["ca"].cert,), clock=client_clock)
+    ticket = _early_ticket(client_config, config)
+    clock.now += 100
+    client_clock.now += 100 + ahead
+    client = ClientConnection(client_config, server_name="localhost", session=ticket)
+    client.start()
+    client.send_early_data(b"POST /transfer")
+    return client.data_to_send()
+
+
+def _accepts_early_data(config: ServerConfig, flight: bytes) -> bool:
+    got = ServerConnection(config).receive_data(flight)
+    return any(isinstance(e, events.EarlyData) for e in got)
+
+
+def test_fast_client_clock_replay_is_refused_while_fresh(
+    pki: dict[str, Any], server_config: Callable[..., ServerConfig], clock: Clock
+) -> None:
+    """Review R11: rfc8446bis §8.2: a hello is remembered while it could still pass the
+    freshness check, even when the client's clock runs ahead (default register)."""
+    config = server_config(max_early_data=4096)
+    flight = _fast_clock_flight(pki, config, clock, ahead=8.0)
+    assert _accepts_early_data(config, flight)
+    for delay in (5.0, 5.5, 4.0, 3.0):  # replays up to 17.5 s later: still fresh, refused
+        clock.now += delay
+        assert not _accepts_early_data(config, flight)
+
+
+def test_short_register_declines_hellos_from_the_future(
+    pki: dict[str, Any], server_config: Callable[..., ServerConfig], clock: Clock
+) -> None:
+    # A 10 s register cannot outlive a hello 8 s ahead of us: decline its 0-RTT, still resume.
+    config = server_config(max_early_data=4096, anti_replay=ReplayRegister(10.0, 100))
+    flight = _fast_clock_flight(pki, config, clock, ahead=8.0)
+    got = ServerConnection(config).receive_data(flight)
+    assert not any(isinstance(e, events.EarlyData) for e in got)
+    on_time = _fast_clock_flight(pki, config, clock, ahead=0.0)
+    assert _accepts_early_data(config, on_time)

@@ -45,6 +45,9 @@ DEFAULT_SIGNATURE_SCHEMES: tuple[int, ...] = (
     0x080B,  # rsa_pss_pss_sha512
 )
 
+# RFC 8446 §8.3: how far (seconds) a client's ticket age may differ from ours for 0-RTT.
+EARLY_DATA_AGE_TOLERANCE = 10.0
+
 ClientAuthMode = Literal["none", "optional", "required"]
 KeyShareFactory = Callable[[int], "PrivateShare | None"]
 """Given a group code, the ephemeral private share to use (tests), or None for a fresh one."""
@@ -193,7 +196,10 @@ class ServerConfig:
         if self.unknown_name not in ("default", "reject"):
             raise ValueError("unknown_name must be 'default' or 'reject'")
         if self.max_early_data and self.anti_replay is None:
-            object.__setattr__(self, "anti_replay", ReplayRegister(10.0, 100_000))
+            # §8.2: keep an accepted hello while a replay could still pass the freshness
+            # check: its expected arrival may lie one tolerance ahead, fresh for one more.
+            window = 2 * EARLY_DATA_AGE_TOLERANCE
+            object.__setattr__(self, "anti_replay", ReplayRegister(window, 100_000))
         _check_psk_modes(self.psk_modes)
         if not 1 <= self.cookie_lifetime <= 3600:
             raise ValueError("cookie_lifetime must be within 1..3600 seconds")

@@ -41,7 +41,7 @@ from . import extensions as ext
 from .alerts import AlertDescription, TLSError, handshake_failure, illegal_parameter
 from .certificates import CertificateChain, verify_chain
 from .codec import Reader, Writer
-from .config import X25519MLKEM768, ServerConfig
+from .config import EARLY_DATA_AGE_TOLERANCE, X25519MLKEM768, ServerConfig
 from .connection import Connection, ConnectionStateError, Handler
 from .extensions import ExtensionType, KeyShareEntry
 from .groups import GROUPS, Group
@@ -88,7 +88,7 @@ _COOKIE_MAC_LEN = 32  # HMAC-SHA256
 # Clock disagreement tolerated between the servers that share a cookie_secret.
 _COOKIE_CLOCK_SKEW = 5
 # RFC 8446 §8.3: how far the client's ticket age may drift from ours for 0-RTT.
-_AGE_TOLERANCE_MS = 10_000
+_AGE_TOLERANCE_MS = int(EARLY_DATA_AGE_TOLERANCE * 1000)
 # How much 0-RTT data we skip when we decline it (RFC 8446 §4.2.10) and 0-RTT is off.
 _DEFAULT_EARLY_DATA_SKIP = 16384
 
@@ -679,15 +679,15 @@ class ServerConnection(Connection):
         assert self._suite is not None
         if state.suite != self._suite.code or state.alpn != self._alpn:
             return False
-        now = config.clock()
-        if not state.age_is_fresh(resumption.obfuscated_age, int(now * 1000), _AGE_TOLERANCE_MS):
-            return False
         register = config.anti_replay
+        now = config.clock()
+        if register is None or not _early_data_fresh(resumption, now, register.window):
+            return False
         # §8.1/§8.2: key the register on the ticket, not the binder: every ClientHello
         # has a fresh binder, so only the ticket makes its 0-RTT single-use (a second
         # use within the window resumes with 0-RTT declined).  Past the window a
-        # replayed hello fails the age check above.
-        return register is not None and register.check_and_add(resumption.ticket, now)
+        # replayed hello fails the freshness check above.
+        return register.check_and_add(resumption.ticket, now)
 
     def _on_early_application_data(self, payload: bytes) -> None:
         if self._state is not ServerState.WAIT_EOED:
@@ -1044,6 +1044,22 @@ def _check_version(hello: ClientHello) -> None:
     # §4.1.2: a TLS 1.3 ClientHello offers exactly the null compression method.
     if hello.legacy_compression_methods != b"\x00":
         raise illegal_parameter("legacy_compression_methods must be [null]")
+
+
+def _early_data_fresh(resumption: _Resumption, now: float, register_window: float) -> bool:
+    """RFC 8446 §8.3 freshness, bounded by what the strike register remembers (§8.2).
+
+    The hello's expected arrival (ticket creation + the client's ticket age) may be
+    off from now by the tolerance either way; a replay of it stays fresh until
+    expected arrival + tolerance, so a hello "from the future" is accepted only as
+    far as the register keeps it that long (rfc8446bis §8.2: store it while its
+    expected_arrival_time is inside the window).
+    """
+    state = resumption.state
+    now_ms = int(now * 1000)
+    ahead_ms = state.client_age_ms(resumption.obfuscated_age) - (now_ms - state.created)
+    latest_ms = min(_AGE_TOLERANCE_MS, int(register_window * 1000) - _AGE_TOLERANCE_MS)
+    return -_AGE_TOLERANCE_MS <= ahead_ms <= latest_ms
 
 
 def _check_key_exchange_extensions(hello: ClientHello) -> None:
