@@ -165,16 +165,3 @@ async def serve_demo(stream: trio.abc.Stream, context: object) -> None:
         await stream.send_all(
             response_bytes(exc.status, exc.reason, message, "text/plain", False, False)
         )
-
-
-async def serve_demo_tcp(host: str, port: int, info: Mapping[str, str] | None = None) -> None:
-    """Run the demo as a standalone TCP server (for tests and manual use)."""
-
-    async def handler(stream: trio.SocketStream) -> None:
-        async with stream:
-            try:
-                await serve_demo(stream, info or {})
-            except trio.BrokenResourceError:
-                pass
-
-    await trio.serve_tcp(handler, port, host=host)

@@ -29,7 +29,7 @@ class HealthCheckOptions:
     rise: int = 2
     fall: int = 3
     http_path: str = ""
-    http_host: str = "localhost"
+    http_host: str = ""  # empty: the server's own host name or address
     expect_status: tuple[int, int] = (200, 399)
 
 
@@ -52,13 +52,20 @@ async def check_server(pool: BackendPool, server: BackendServer, opts: HealthChe
         async with stream:
             if not opts.http_path:
                 return True
-            return await _http_probe(stream, opts)
+            return await _http_probe(stream, opts, opts.http_host or _default_host(server))
     return False
 
 
-async def _http_probe(stream: trio.abc.Stream, opts: HealthCheckOptions) -> bool:
+def _default_host(server: BackendServer) -> str:
+    address = server.address
+    if address.kind != "tcp":
+        return "localhost"
+    return f"[{address.host}]" if ":" in address.host else address.host
+
+
+async def _http_probe(stream: trio.abc.Stream, opts: HealthCheckOptions, host: str) -> bool:
     request = (
-        f"GET {opts.http_path} HTTP/1.1\r\nHost: {opts.http_host}\r\n"
+        f"GET {opts.http_path} HTTP/1.1\r\nHost: {host}\r\n"
         "User-Agent: tls13-proxy-health\r\nConnection: close\r\n\r\n"
     ).encode("ascii")
     try:
@@ -142,6 +149,6 @@ def options_from_settings(settings: HealthCheckSettings) -> HealthCheckOptions:
         rise=settings.rise,
         fall=settings.fall,
         http_path=settings.path if settings.type == "http" else "",
-        http_host=settings.host or "localhost",
+        http_host=settings.host or "",
         expect_status=(settings.expect_status, settings.expect_status),
     )

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -43,9 +42,6 @@ class TLSTruncated(trio.BrokenResourceError):
     """The transport ended without close_notify after the handshake: an abrupt end."""
 
 
-HelloHook = Callable[[events.ClientHelloReceived], None]
-
-
 class TLSStream(trio.abc.HalfCloseableStream):
     """TLS server side of one accepted connection."""
 
@@ -53,11 +49,9 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self,
         transport: trio.abc.Stream,
         connection: ServerConnection,
-        on_client_hello: HelloHook | None = None,
     ) -> None:
         self.transport = transport
         self.connection = connection
-        self.on_client_hello = on_client_hello
         self.info: events.HandshakeComplete | None = None
         self.early_data = bytearray()
         self.client_hello: events.ClientHelloReceived | None = None
@@ -161,8 +155,6 @@ class TLSStream(trio.abc.HalfCloseableStream):
                 self.info = event
             elif isinstance(event, events.ClientHelloReceived):
                 self.client_hello = event
-                if self.on_client_hello is not None:
-                    self.on_client_hello(event)
             elif isinstance(event, events.SessionTicketIssued):
                 self.tickets_issued += 1
             elif isinstance(event, events.ConnectionClosed):
