@@ -14,6 +14,7 @@ running keep the generation they started with.
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -559,10 +560,26 @@ async def serve_with_early_signals(
         task_status.started()
 
 
+def raise_file_limit(needed: int) -> None:
+    """Each proxied connection holds two descriptors: raise the soft RLIMIT_NOFILE to the
+    hard limit (what systemd's LimitNOFILE= or the shell allows) and warn if still short."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open file limit: %s", exc)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("open file limit %d is below the %d that max_connections needs", soft, needed)
+
+
 def run(settings: Settings, config_path: Path | None) -> int:
     """Run the daemon until told to stop; returns the process exit status."""
     early = remember_early_signals()
     configure_logging(settings.global_.log_format, settings.global_.log_level)
+    raise_file_limit(2 * settings.limits.max_connections + 64)
     for warning in settings.warnings:
         log.warning("configuration: %s", warning)
     try:

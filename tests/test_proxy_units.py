@@ -316,3 +316,20 @@ health = {{ enabled = false }}
         assert fresh.replay_register("l") is not register
 
     trio.run(main)
+
+
+def test_file_limit_is_raised_to_the_hard_limit() -> None:
+    import resource
+
+    from proxy.daemon import raise_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"hard open file limit {hard} leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        raise_file_limit(100)
+        raised, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert raised == hard if hard != resource.RLIM_INFINITY else raised >= 256
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
