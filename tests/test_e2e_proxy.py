@@ -329,9 +329,13 @@ def rewrite_certificate(site: Site, stem: str, names: tuple[str, ...]) -> x509.C
 
 
 def test_sighup_swaps_certificate_while_old_connection_works(site: Site, processes: list) -> None:
+    metrics_port = free_port()
     with ThreadedEcho() as echo:
         routes = '[routes.all]\ndefault = true\npool = "p"\n'
-        daemon = launch(site, config_text(site, routes, pool("p", [echo.port])), processes)
+        text = config_text(site, routes, pool("p", [echo.port])).replace(
+            "[metrics]\nenabled = false", f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"'
+        )
+        daemon = launch(site, text, processes)
         context = client_context(site.ca_pem)
         with tls_client(site.port, "a.test", context) as old:
             first_serial = x509.load_der_x509_certificate(old.getpeercert(True)).serial_number
@@ -350,6 +354,12 @@ def test_sighup_swaps_certificate_while_old_connection_works(site: Site, process
             old.sendall(b"again")
             assert recv_exactly(old, 5) == b"again"
         assert tls_exchange(site.port, "a.test", context, b"ok", 2) == b"ok"
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            exposition = response.read().decode()
+        assert "tls13proxy_config_reloads_total 2.0" in exposition
+        assert "tls13proxy_config_reload_failures_total 1.0" in exposition
+        assert "tls13proxy_config_last_reload_successful 0.0" in exposition
 
 
 def test_sigterm_drains_open_connections(site: Site, processes: list) -> None:
