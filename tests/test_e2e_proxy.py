@@ -26,6 +26,7 @@ from proxy_helpers import (
     Daemon,
     Site,
     ThreadedEcho,
+    ThreadedHTTP,
     client_context,
     config_text,
     free_port,
@@ -471,3 +472,29 @@ def test_startup_failure_is_reported_plainly(site: Site, processes: list) -> Non
         )
     assert result.returncode == 1
     assert b"cannot start" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_curl_through_sni_routes_to_two_http_pools(site: Site, processes: list) -> None:
+    """Real HTTP backends (Python's http.server) behind SNI routes, fetched with curl."""
+    with ThreadedHTTP("alpha") as alpha, ThreadedHTTP("beta") as beta:
+        routes = """
+[routes.a]
+server_names = ["a.test"]
+pool = "alpha"
+
+[routes.b]
+server_names = ["b.test", "*.wild.test"]
+pool = "beta"
+"""
+        backends = pool("alpha", [alpha.port]) + pool("beta", [beta.port])
+        launch(site, config_text(site, routes, backends), processes)
+        (site.root / "ca.pem").write_bytes(site.ca_pem)
+        for name, expected in (("a.test", "alpha"), ("b.test", "beta"), ("x.wild.test", "beta")):
+            command = [
+                "curl", "-sS", "--max-time", "10", "--cacert", str(site.root / "ca.pem"),
+                "--resolve", f"{name}:{site.port}:127.0.0.1", f"https://{name}:{site.port}/p?q",
+                f"https://{name}:{site.port}/second",  # two requests on one kept-alive connection
+            ]  # fmt: skip
+            result = subprocess.run(command, capture_output=True, timeout=20)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.decode() == f"{expected} /p?q\n{expected} /second\n"
