@@ -130,7 +130,13 @@ class Listener:
                 conn, peer = await sock.accept()
             except OSError as exc:
                 if exc.errno in RESOURCE_ERRNOS:
-                    log.error("listener %s: accept failed (%s); backing off", self.name, exc)
+                    log_limited(
+                        f"accept:{self.name}",
+                        logging.ERROR,
+                        "listener %s: accept failed (%s); backing off",
+                        self.name,
+                        exc,
+                    )
                     await trio.sleep(BACKOFF)
                     continue
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
@@ -143,19 +149,15 @@ class Listener:
             if not self.tracker.try_acquire(self.name, client, self.limit):
                 _refuse(conn)
                 continue
-            _tune(conn)
-            connections.start_soon(self._run, trio.SocketStream(conn), client)
+            # (trio.SocketStream sets TCP_NODELAY: small TLS records leave at once.)
+            # The runtime in force at accept time: a reload later never changes this one.
+            connections.start_soon(self._run, trio.SocketStream(conn), client, self.runtime())
 
-    async def _run(self, stream: trio.SocketStream, client: str) -> None:
+    async def _run(self, stream: trio.SocketStream, client: str, runtime: ListenerRuntime) -> None:
         try:
-            await handle_connection(stream, self.runtime())
+            await handle_connection(stream, runtime)
         finally:
             self.tracker.release(self.name, client)
-
-
-def _tune(conn: trio.socket.SocketType) -> None:
-    if conn.family in (socket.AF_INET, socket.AF_INET6):
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _refuse(conn: trio.socket.SocketType) -> None:
