@@ -451,6 +451,10 @@ class ProxyProcess:
             log.error("configuration reload rejected; the running configuration stays: %s", exc)
             self._count_reload(False)
             return False
+        except Exception:  # a bug in building must not take the running proxy down
+            log.exception("configuration reload failed; the running configuration stays")
+            self._count_reload(False)
+            return False
         for warning in settings.warnings:
             log.warning("configuration: %s", warning)
         self.settings, self.ticket_keys = settings, keys
