@@ -259,6 +259,11 @@ async def _reload(supervisor: Supervisor, nursery: trio.Nursery) -> None:
         metrics.config_reloaded(False)
         systemd.notify_ready()
         return
+    except Exception:  # a bug here must not take the supervisor (and its workers) down
+        log.exception("configuration reload failed; workers keep the running one")
+        metrics.config_reloaded(False)
+        systemd.notify_ready()
+        return
     metrics.config_reloaded(True)
     systemd.notify_ready(f"{len(supervisor.slots)} workers")
 
