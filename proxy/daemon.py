@@ -225,6 +225,7 @@ def build_generation(
     listener_names: Sequence[str] | None = None,
     handshake_slots: trio.CapacityLimiter | None = None,
     previous: Generation | None = None,
+    shared_replay: ReplayRegister | None = None,
 ) -> Generation:
     """Build (and validate by building) a generation; raises on unreadable keys etc."""
     pools = {p.name: pool_from_settings(p, in_process) for p in settings.backends}
@@ -238,7 +239,9 @@ def build_generation(
         if listener_names is not None and listener.name not in listener_names:
             continue
         table = table_for_listener(settings, listener)
-        register = previous.replay_register(listener.name) if previous is not None else None
+        register = shared_replay
+        if register is None and previous is not None:
+            register = previous.replay_register(listener.name)
         config = build_server_config(settings, listener, ticket_keys, table, chains, register)
         terminator = TLSTerminator(config)
         runtimes[listener.name] = ListenerRuntime(
@@ -305,6 +308,8 @@ class ProxyProcess:
     access_log: AccessLog | None = None
     # (user, group) to switch to once the first generation has read its keys.
     drop_to: tuple[str | None, str | None] = (None, None)
+    # Workers: the 0-RTT strike register all workers share (else one per listener).
+    shared_replay: ReplayRegister | None = None
     generation: Generation | None = None
     _accept_scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
     _listeners: dict[str, Listener] = field(default_factory=dict)
@@ -381,6 +386,7 @@ class ProxyProcess:
             list(self.sockets) if names is None else names,
             self.handshake_slots,
             self.generation,
+            self.shared_replay,
         )
 
     def _install(self, generation: Generation) -> None:

@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
+import hashlib
 import json
 import logging
+import mmap
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -35,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -63,12 +67,72 @@ from proxy.tlsconfig import (
 )
 from tls13 import TicketKeyring
 
+if TYPE_CHECKING:  # the engine's register type, for annotations only
+    from tls13.tickets import ReplayRegister
+
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_MIN = 0.5
 RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 10.0
 KILL_GRACE = 5.0
+
+
+# -- the 0-RTT strike register shared by all workers ---------------------------------------
+
+REPLAY_SLOT = struct.Struct("=16sd")  # digest of the ticket, time it was first used
+REPLAY_SLOTS = 65536
+REPLAY_PROBE = 32
+REPLAY_WINDOW = 10.0
+
+
+class SharedReplayRegister:
+    """RFC 8446 §8.2 strike register in memory shared by every worker process.
+
+    A per-process register would let a 0-RTT ClientHello replayed to another worker through
+    (SO_REUSEPORT spreads connections by source port). This one lives in a memfd the parent
+    creates and passes to each worker; a POSIX record lock (owned per process, so shared
+    descriptors do not defeat it) serialises the few microseconds of each check. It offers
+    what the engine uses of ``tls13.tickets.ReplayRegister``: ``window`` and
+    ``check_and_add``. When the probed neighbourhood is full of live entries it refuses,
+    so 0-RTT falls back to 1-RTT rather than forgetting a ticket too early.
+    """
+
+    def __init__(self, fd: int, slots: int = REPLAY_SLOTS, window: float = REPLAY_WINDOW) -> None:
+        self.fd = fd
+        self.slots = slots
+        self.window = window
+        self._memory = mmap.mmap(fd, slots * REPLAY_SLOT.size)
+
+    @classmethod
+    def create(
+        cls, slots: int = REPLAY_SLOTS, window: float = REPLAY_WINDOW
+    ) -> SharedReplayRegister:
+        fd = os.memfd_create("tls13-proxy-0rtt-strikes", 0)
+        os.ftruncate(fd, slots * REPLAY_SLOT.size)
+        return cls(fd, slots, window)
+
+    def check_and_add(self, key: bytes, now: float) -> bool:
+        """True exactly once per ``key`` within the window, across all workers."""
+        digest = hashlib.sha256(key).digest()[:16]
+        start = int.from_bytes(digest[:8], "big") % self.slots
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        try:
+            free = None
+            for step in range(REPLAY_PROBE):
+                offset = ((start + step) % self.slots) * REPLAY_SLOT.size
+                stored, stamp = REPLAY_SLOT.unpack_from(self._memory, offset)
+                live = stamp != 0.0 and stamp > now - self.window  # 0.0: never used
+                if live and stored == digest:
+                    return False
+                if not live and free is None:
+                    free = offset
+            if free is None:
+                return False
+            REPLAY_SLOT.pack_into(self._memory, free, digest, now)
+            return True
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
 
 # -- the parent ---------------------------------------------------------------------------
@@ -94,6 +158,7 @@ class Supervisor:
     slots: list[WorkerSlot] = field(default_factory=list)
     stopping: bool = False
     restarts: int = 0
+    replay: SharedReplayRegister | None = None
     # Serialises control lines: a key rotation may coincide with a worker's bootstrap.
     control_lock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -106,8 +171,12 @@ class Supervisor:
             "state_dir": str(self.settings.global_.state_dir),
             "listeners": fds,
             "ticket_keys": keyring_to_text(self.keyring) if self.keyring is not None else "",
+            "replay_fd": self.replay.fd if self.replay is not None else None,
         }
-        return (json.dumps(message) + "\n").encode(), [fd for v in fds.values() for fd in v]
+        passed = [fd for numbers in fds.values() for fd in numbers]
+        if self.replay is not None:
+            passed.append(self.replay.fd)
+        return (json.dumps(message) + "\n").encode(), passed
 
     async def run_slot(self, slot: WorkerSlot) -> None:
         """Keep a worker running in this slot, restarting it (with backoff) when it dies."""
@@ -327,6 +396,7 @@ def supervise(
     if settings.metrics.enabled:
         server = metrics.start_metrics_server(str(settings.metrics.listen))
     supervisor = Supervisor(settings, config_path, make_keyring(settings), slots)
+    supervisor.replay = SharedReplayRegister.create()
     metrics.config_loaded()
     try:
         trio.run(supervise_async, supervisor, early_signals)
@@ -373,6 +443,12 @@ async def worker_async(process: ProxyProcess, early_signals: list[int]) -> None:
         nursery.cancel_scope.cancel()
 
 
+def _shared_replay(message: dict[str, Any]) -> ReplayRegister | None:
+    fd = message.get("replay_fd")
+    register = SharedReplayRegister(int(fd)) if fd is not None else None
+    return register  # type: ignore[return-value] # duck-typed: window + check_and_add
+
+
 def worker_main(argv: Sequence[str] | None = None) -> int:
     """Worker entry (``python -m proxy.workers``): bootstrap from stdin, then serve."""
     from proxy.accesslog import configure_logging
@@ -389,6 +465,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         ticket_keys=keyring_from_text(message["ticket_keys"]) if message["ticket_keys"] else None,
         can_bind=False,
         access_log=make_access_log(settings),
+        shared_replay=_shared_replay(message),
         drop_to=(settings.global_.user, settings.global_.group),
     )
     trio.run(worker_async, process, early_signals)

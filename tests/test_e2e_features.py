@@ -342,3 +342,23 @@ alpn = ["h2"]
             assert tls.selected_alpn_protocol() == "h2"
             tls.sendall(b"six")
             assert recv_exactly(tls, 3) == b"six"
+
+
+def test_0rtt_ticket_is_single_use_across_workers(site: Site, processes: list) -> None:
+    """The strike register is shared: re-using a ticket's 0-RTT is refused on any worker."""
+    with ThreadedEcho() as echo:
+        routes = '[routes.all]\ndefault = true\npool = "p"\nearly_data = true\n'
+        text = config_text(
+            site, routes, pool("p", [echo.port]), extra="workers = 2", tls="max_early_data = 16384"
+        )
+        daemon = launch(site, text, processes)
+        daemon.wait_for_log("accepting on", count=2)
+        session = site.root / "a.session"
+        data = site.root / "early.txt"
+        data.write_bytes(b"early!\n")
+        openssl_session(site, "a.test", session)
+        for _ in range(6):  # the same ticket each time, over both workers
+            assert openssl_early(site, "a.test", session, data).endswith(b"late\n")
+        daemon.wait_for_log("resumed=true", count=6)
+        lines = [line for line in daemon.log().splitlines() if "resumed=true" in line]
+        assert sum("early_data=true" in line for line in lines) == 1, lines

@@ -333,3 +333,43 @@ def test_file_limit_is_raised_to_the_hard_limit() -> None:
         assert raised == hard if hard != resource.RLIM_INFINITY else raised >= 256
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_shared_replay_register_admits_a_ticket_once_across_processes() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from proxy.workers import SharedReplayRegister
+
+    first = SharedReplayRegister.create(slots=1024, window=10.0)
+    other_view = SharedReplayRegister(os.dup(first.fd), slots=1024, window=10.0)
+    assert first.check_and_add(b"ticket-1", 1000.0)
+    assert not other_view.check_and_add(b"ticket-1", 1001.0)  # the same memory
+    assert other_view.check_and_add(b"ticket-2", 1001.0)
+    assert first.check_and_add(b"ticket-1", 1011.0)  # past the window: fresh again
+    code = (
+        "import sys; from proxy.workers import SharedReplayRegister as R; "
+        "r = R(int(sys.argv[1]), slots=1024, window=10.0); "
+        "print(r.check_and_add(b'ticket-2', 1002.0), r.check_and_add(b'ticket-3', 1002.0))"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, str(first.fd)],
+        pass_fds=[first.fd],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    assert child.stdout.split() == ["False", "True"], child.stderr
+    assert not first.check_and_add(b"ticket-3", 1003.0)  # the child's entry is seen here
+
+
+def test_shared_replay_register_refuses_when_the_neighbourhood_is_full() -> None:
+    from proxy.workers import REPLAY_PROBE, SharedReplayRegister
+
+    register = SharedReplayRegister.create(slots=REPLAY_PROBE, window=10.0)
+    admitted = [register.check_and_add(b"k%d" % i, 5.0) for i in range(REPLAY_PROBE)]
+    assert all(admitted)
+    assert not register.check_and_add(b"one more", 5.0)  # full of live entries: refuse
+    assert register.check_and_add(b"one more", 16.0)  # once they expire there is room
