@@ -54,7 +54,7 @@ class Plan:
 
     rounds: int = 3
     duration: int = 3
-    s_time_processes: int = 2
+    s_time_processes: int = 4  # several in flight: one s_time waits on every round trip
     wrk_connections: int = 32
     # Large enough that a target spends hundreds of clock ticks (10 ms each) per transfer.
     bulk_bytes: int = 256 * 1024 * 1024
