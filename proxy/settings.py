@@ -290,6 +290,11 @@ class TLSSettings:
     record_padding: int = setting(
         0, Int(0, 16384), "Pad records to a multiple of this many bytes (0 = no padding)."
     )
+    record_size_limit: int = setting(
+        16384,
+        Int(64, 16384),
+        "Largest record plaintext we accept, announced to clients (RFC 8449 record_size_limit).",
+    )
     stateless_hrr: bool = setting(
         False, Bool(), "Send a cookie in HelloRetryRequest so no state is kept across it (§4.2.2)."
     )
@@ -438,6 +443,15 @@ class PoolSettings:
     connect_timeout: float = setting(5.0, Duration(0.001), "Time allowed to connect to a server.")
     retries: int = setting(
         2, Int(0, 16), "Other servers tried after a failed connect before the client is dropped."
+    )
+    eject_after_failures: int = setting(
+        3,
+        Int(0, 1000),
+        "Passive ejection: consecutive failed connects that take a server out of rotation "
+        "(0 = never eject).",
+    )
+    eject_for: float = setting(
+        30.0, Duration(0.001), "How long an ejected server stays out of rotation."
     )
     health: HealthCheckSettings = section(HealthCheckSettings, "Active health checks.")
 

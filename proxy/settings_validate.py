@@ -40,6 +40,9 @@ from proxy.settings_checks import (
 from proxy.settings_convert import did_you_mean
 
 Origins = Mapping[tuple[str, str], str]
+
+#: GnuTLS refuses a server's record_size_limit below this (RFC 8449 itself allows 64).
+GNUTLS_MIN_RECORD_SIZE_LIMIT = 512
 #: ``where(kind, name)``: the place of a named table, in the file that defined it.
 _WhereFactory = Callable[[str, str], Where]
 
@@ -131,6 +134,13 @@ def _check_tls(tls: TLSSettings, where: Where, inherited: TLSSettings | None = N
         )
     if tls.max_early_data and not tls.tickets.enabled:
         where.at("max_early_data").warn("0-RTT needs session tickets, which are disabled")
+    if tls.record_size_limit < GNUTLS_MIN_RECORD_SIZE_LIMIT and (
+        inherited is None or tls.record_size_limit != inherited.record_size_limit
+    ):
+        # RFC 8449 allows 64, but GnuTLS clients abort the handshake below 512.
+        where.at("record_size_limit").warn(
+            f"below {GNUTLS_MIN_RECORD_SIZE_LIMIT}: GnuTLS clients refuse smaller limits"
+        )
     return dataclasses.replace(tls, cipher_suites=suites, groups=groups)
 
 

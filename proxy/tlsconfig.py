@@ -186,6 +186,7 @@ def _base_config(
         alpn_protocols=tls.alpn or table.alpn_protocols(),
         alpn_required=tls.alpn_required and bool(tls.alpn or table.alpn_protocols()),
         record_padding=tls.record_padding,
+        record_size_limit=tls.record_size_limit,
         stateless_retry=tls.stateless_hrr,
         tickets=tls.tickets.count if tickets_on else 0,
         ticket_lifetime=int(tls.tickets.lifetime),
