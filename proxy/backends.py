@@ -216,6 +216,8 @@ def pool_from_settings(
         balance="least_connections" if settings.balancing == "least_connections" else "round_robin",
         connect_timeout=settings.connect_timeout,
         retries=settings.retries,
+        max_fails=settings.eject_after_failures,
+        eject_seconds=settings.eject_for,
         proxy_protocol=settings.proxy_protocol,
     )
     return BackendPool(settings.name, settings.servers, options, in_process)
