@@ -6,19 +6,17 @@ cover what is derived from a single secret (Finished keys, KeyUpdate, exporters,
 resumption PSKs, record keys).  Labels are passed without the ``"tls13 "``
 prefix, which :func:`hkdf_expand_label` adds.
 
-HKDF-Extract is HMAC(salt, IKM) (RFC 5869 §2.2); HKDF-Expand is
-``cryptography``'s ``HKDFExpand``.  Values that depend only on the hash (the hash
-of the empty string, the no-PSK Early Secret and its "derived" secret) are
-computed once per hash algorithm.
+Every primitive comes from ``cryptography``: HKDF-Extract is ``HKDF.extract``,
+HKDF-Expand is ``HKDFExpand``, hashes and HMACs are ``hashes.Hash`` and
+``hmac.HMAC``.  Values that depend only on the hash (the hash of the empty
+string, the no-PSK Early Secret and its "derived" secret) are computed once per
+hash algorithm.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from .alerts import AlertDescription, TLSError
 from .suites import CipherSuite
@@ -28,13 +26,22 @@ _MAX_LABEL = 255 - len(_LABEL_PREFIX)
 
 
 def hash_bytes(hash: hashes.HashAlgorithm, data: bytes) -> bytes:
-    """One-shot hash of ``data`` with the suite hash (hashlib: the fastest path)."""
-    return hashlib.new(hash.name, data).digest()
+    """One-shot hash of ``data`` with the suite hash."""
+    ctx = hashes.Hash(hash)
+    ctx.update(data)
+    return ctx.finalize()
+
+
+def hmac_bytes(hash: hashes.HashAlgorithm, key: bytes, data: bytes) -> bytes:
+    """One-shot HMAC-Hash(key, data)."""
+    mac = hmac.HMAC(key, hash)
+    mac.update(data)
+    return mac.finalize()
 
 
 def hkdf_extract(hash: hashes.HashAlgorithm, salt: bytes, ikm: bytes) -> bytes:
     """HKDF-Extract(salt, IKM) = HMAC-Hash(salt, IKM); an empty salt means HashLen zeros."""
-    return hmac.digest(salt or bytes(hash.digest_size), ikm, hash.name)
+    return HKDF.extract(hash, salt or bytes(hash.digest_size), ikm)
 
 
 def hkdf_expand_label(
@@ -107,9 +114,9 @@ def finished_key(hash: hashes.HashAlgorithm, base_secret: bytes) -> bytes:
 def finished_verify_data(hash: hashes.HashAlgorithm, base_secret: bytes, th: bytes) -> bytes:
     """verify_data = HMAC(finished_key, Transcript-Hash(...)) (§4.4.4).
 
-    Compare the result with the peer's value using ``hmac.compare_digest``.
+    Compare the result with the peer's value in constant time (``hmac.compare_digest``).
     """
-    return hmac.digest(finished_key(hash, base_secret), th, hash.name)
+    return hmac_bytes(hash, finished_key(hash, base_secret), th)
 
 
 def next_traffic_secret(hash: hashes.HashAlgorithm, secret: bytes) -> bytes:

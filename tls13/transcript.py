@@ -4,12 +4,11 @@ Messages are fed in as full handshake messages (4-byte header included).  A
 client does not know the hash before the ServerHello picks a suite, so a
 :class:`Transcript` created without a hash buffers messages until
 :meth:`set_hash` is called.  After a HelloRetryRequest the first ClientHello is
-replaced by a synthetic ``message_hash`` message (§4.4.1).
+replaced by a synthetic ``message_hash`` message (§4.4.1).  Hashing is
+``cryptography``'s ``hashes.Hash``; ``copy()`` gives the non-finalising digest.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 from cryptography.hazmat.primitives import hashes
 
@@ -25,7 +24,7 @@ class Transcript:
 
     def __init__(self, hash: hashes.HashAlgorithm | None = None) -> None:
         self._hash: hashes.HashAlgorithm | None = None
-        self._ctx: hashlib._Hash | None = None
+        self._ctx: hashes.Hash | None = None
         self._pending: list[bytes] = []
         if hash is not None:
             self.set_hash(hash)
@@ -41,7 +40,7 @@ class Transcript:
                 raise TLSError(AlertDescription.internal_error, "transcript hash already chosen")
             return
         self._hash = hash
-        self._ctx = hashlib.new(hash.name)
+        self._ctx = hashes.Hash(hash)
         for message in self._pending:
             self._ctx.update(message)
         self._pending.clear()
@@ -57,7 +56,7 @@ class Transcript:
         """Transcript-Hash of everything so far, without finalising the running state."""
         if self._ctx is None:
             raise TLSError(AlertDescription.internal_error, "transcript hash not chosen yet")
-        return self._ctx.copy().digest()
+        return self._ctx.copy().finalize()
 
     def replace_with_message_hash(self) -> None:
         """After a HelloRetryRequest: Transcript-Hash(CH1) becomes
@@ -68,7 +67,7 @@ class Transcript:
         if self._hash is None:
             raise TLSError(AlertDescription.internal_error, "transcript hash not chosen yet")
         ch1_hash = self.digest()
-        self._ctx = hashlib.new(self._hash.name)
+        self._ctx = hashes.Hash(self._hash)
         self._ctx.update(message_hash_message(ch1_hash))
 
     def copy(self) -> Transcript:
@@ -87,7 +86,7 @@ def message_hash_message(ch1_hash: bytes) -> bytes:
 
 def transcript_hash(hash: hashes.HashAlgorithm, *messages: bytes) -> bytes:
     """One-shot Transcript-Hash over ``messages`` (tests and binder truncation)."""
-    ctx = hashlib.new(hash.name)
+    ctx = hashes.Hash(hash)
     for message in messages:
         ctx.update(message)
-    return ctx.digest()
+    return ctx.finalize()
