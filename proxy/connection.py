@@ -25,6 +25,7 @@ from proxy.routing import Route, RouteTable
 from proxy.tlsstream import TLSStreamError, TLSTruncated
 
 if TYPE_CHECKING:
+    from tls13.alerts import TLSError
     from tls13.events import HandshakeComplete
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,12 @@ class ConnectionRecord:
     # Bytes on the client socket (TLS records included); the plaintext counts are above.
     wire_from_client: int = 0
     wire_to_client: int = 0
+    # After the handshake, for the alert metrics: the fatal TLS error that ended the client
+    # stream, warning alerts received, and close_notify in each direction.
+    tls_error: TLSError | None = None
+    warning_alerts: tuple[int, ...] = ()
+    close_notify_sent: bool = False
+    close_notify_received: bool = False
 
     def finish(self, outcome: str, detail: str = "") -> None:
         """Keep the first meaningful outcome: later cleanup must not overwrite the cause."""
@@ -230,6 +237,10 @@ async def _serve(
             record.tickets_issued = getattr(stream, "tickets_issued", 0)
             record.wire_from_client = getattr(stream, "wire_received", record.bytes_from_client)
             record.wire_to_client = getattr(stream, "wire_sent", record.bytes_to_client)
+            record.tls_error = getattr(stream, "tls_error", None)
+            record.warning_alerts = tuple(getattr(stream, "warning_alerts", ()))
+            record.close_notify_sent = getattr(stream, "close_notify_sent", False)
+            record.close_notify_received = getattr(stream, "clean_close", None) is True
     finally:
         await forwarder.abandon()
 

@@ -62,6 +62,10 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self.wire_sent = 0
         self.clean_close: bool | None = None
         self.tickets_issued = 0
+        # For the alert metrics: the fatal TLS error that ended the stream (an alert we sent
+        # or received) and the warning alerts received (user_canceled).
+        self.tls_error: TLSError | None = None
+        self.warning_alerts: list[int] = []
         self._incoming = bytearray()
         self._eof = False
         self._send_lock = trio.Lock()
@@ -129,6 +133,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
             if not data and not getattr(exc, "sent_by_peer", False):
                 # The peer simply went away mid-handshake (a port probe, a give-up).
                 raise TLSTruncated("connection closed during the handshake") from exc
+            self.tls_error = exc
             await self._flush_quietly()
             raise TLSStreamError(f"TLS error: {exc}", exc) from exc
         self._handle_events(happened)
@@ -159,6 +164,13 @@ class TLSStream(trio.abc.HalfCloseableStream):
                 self.tickets_issued += 1
             elif isinstance(event, events.ConnectionClosed):
                 self._eof, self.clean_close = True, event.clean
+            elif isinstance(event, events.AlertReceived):
+                self.warning_alerts.append(int(event.description))
+
+    @property
+    def close_notify_sent(self) -> bool:
+        """Whether we queued our close_notify (send_eof or a clean aclose)."""
+        return self._sent_close_notify
 
     # -- sending ---------------------------------------------------------------------------
 
