@@ -29,11 +29,11 @@ the :class:`~tls13.config.ServerConfig` so published traces replay exactly.
 from __future__ import annotations
 
 import enum
-import hashlib
 import hmac
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from . import events
@@ -45,7 +45,13 @@ from .config import EARLY_DATA_AGE_TOLERANCE, X25519MLKEM768, ServerConfig
 from .connection import Connection, ConnectionStateError, Handler
 from .extensions import ExtensionType, KeyShareEntry
 from .groups import GROUPS, Group
-from .keyschedule import KeySchedule, finished_verify_data, resumption_psk
+from .keyschedule import (
+    KeySchedule,
+    finished_verify_data,
+    hash_bytes,
+    hmac_bytes,
+    resumption_psk,
+)
 from .messages import (
     HELLO_RETRY_REQUEST_RANDOM,
     Certificate,
@@ -84,7 +90,8 @@ _HRR_MUTABLE_EXTENSIONS = frozenset(
 )
 _STATEFUL_COOKIE = 1
 _STATELESS_COOKIE = 2
-_COOKIE_MAC_LEN = 32  # HMAC-SHA256
+_SHA256 = hashes.SHA256()  # cookie MAC and ClientHello fingerprint
+_COOKIE_MAC_LEN = _SHA256.digest_size  # HMAC-SHA256
 # Clock disagreement tolerated between the servers that share a cookie_secret.
 _COOKIE_CLOCK_SKEW = 5
 # RFC 8446 §8.3: how far the client's ticket age may drift from ours for 0-RTT.
@@ -491,7 +498,7 @@ class ServerConnection(Connection):
         issued = reader.uint32()
         suite, group = reader.uint16(), reader.uint16()
         ch1_hash = reader.vector(1, 1)
-        fingerprint = reader.bytes(hashlib.sha256().digest_size)
+        fingerprint = reader.bytes(_SHA256.digest_size)
         reader.expect_end("cookie")
         age = int(self._config.clock()) - issued
         if not -_COOKIE_CLOCK_SKEW <= age <= self._config.cookie_lifetime:
@@ -501,7 +508,7 @@ class ServerConnection(Connection):
     def _cookie_mac(self, body: bytes) -> bytes:
         secret = self._config.cookie_secret
         assert secret is not None
-        return hmac.new(secret, body, hashlib.sha256).digest()
+        return hmac_bytes(_SHA256, secret, body)
 
     def _verify_cookie(self, cookie: bytes | None) -> None:
         if cookie is None:
@@ -1131,7 +1138,7 @@ def _retry_fingerprint(hello: ClientHello) -> bytes:
     for ext_type, body in _stable_extensions(hello):
         writer.uint16(ext_type)
         writer.vector(2, body)
-    return hashlib.sha256(writer.getvalue()).digest()
+    return hash_bytes(_SHA256, writer.getvalue())
 
 
 def _hello_retry_request(
