@@ -47,6 +47,8 @@ from proxy.tlsconfig import (
     generated_keys_enabled,
     load_chains,
     make_keyring,
+    reset_early_data_refusal,
+    take_early_data_refusal,
     tickets_enabled,
 )
 from tls13 import TicketKeyring
@@ -121,14 +123,23 @@ class DaemonObserver:
 
     def connection_opened(self, record: ConnectionRecord) -> None:
         self._open[id(record)] = metrics.ConnectionMetrics(record.listener)
+        reset_early_data_refusal()  # called in the connection's own task, as handshake_done
 
     def handshake_done(self, record: ConnectionRecord) -> None:
         accounting = self._open.get(id(record))
         session = record.session
-        if accounting is not None and session is not None and session.handshake is not None:
-            accounting.handshake_completed(
-                session.handshake, offered_early_data=session.offered_early_data
-            )
+        if accounting is None or session is None or session.handshake is None:
+            return
+        refusal = take_early_data_refusal()
+        offered = session.offered_early_data and not session.early_data
+        # RFC 8446 §8.2: a ClientHello whose 0-RTT the strike register had seen is counted
+        # as replay_refused, not as an ordinary rejection.
+        replay = offered and refusal == "replay"
+        accounting.handshake_completed(session.handshake, offered_early_data=offered and not replay)
+        if replay:
+            accounting.early_data_replay_refused()
+        elif offered and refusal == "full":
+            metrics.limit_hit("early_data_replay_register")
 
     def connection_finished(self, record: ConnectionRecord) -> None:
         accounting = self._open.pop(id(record), None)
@@ -140,6 +151,8 @@ class DaemonObserver:
     def _account(self, accounting: metrics.ConnectionMetrics, record: ConnectionRecord) -> None:
         if record.tickets_issued:
             accounting.ticket_issued(record.tickets_issued)
+        if record.session is not None:
+            _account_alerts_after_handshake(accounting, record)
         accounting.add_received(record.wire_from_client)
         accounting.add_sent(record.wire_to_client)
         if record.outcome == "handshake_timeout":
@@ -155,6 +168,20 @@ class DaemonObserver:
         if record.outcome == "client_certificate_required":
             metrics.connection_rejected(record.listener, "client_certificate")
         accounting.close()
+
+
+def _account_alerts_after_handshake(
+    accounting: metrics.ConnectionMetrics, record: ConnectionRecord
+) -> None:
+    """Alerts once the connection is established (handshake alerts come with the failure)."""
+    for code in record.warning_alerts:
+        accounting.alert_received(code)
+    if record.close_notify_received:
+        accounting.alert_received("close_notify")
+    if record.close_notify_sent:
+        accounting.alert_sent("close_notify")
+    if record.tls_error is not None:
+        accounting.tls_error(record.tls_error)
 
 
 def access_record(record: ConnectionRecord) -> AccessRecord:
@@ -207,6 +234,8 @@ class Generation:
     pools: dict[str, BackendPool]
     runtimes: dict[str, ListenerRuntime]
     health: list[HealthChecker]
+    # Expiry and OCSP staple dates of every configured certificate, published when installed.
+    certificates: dict[str, metrics.CertificateTimes] = field(default_factory=dict)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def replay_register(self, listener: str) -> ReplayRegister | None:
@@ -260,10 +289,8 @@ def build_generation(
         for p in settings.backends
         if p.health.enabled
     ]
-    metrics.set_certificates(
-        {name: metrics.certificate_times(chain.leaf) for name, chain in chains.items()}
-    )
-    return Generation(settings, pools, runtimes, health)
+    certificates = {name: metrics.chain_times(chain) for name, chain in chains.items()}
+    return Generation(settings, pools, runtimes, health, certificates)
 
 
 def _health_changed(pool: BackendPool, server: object, up: bool) -> None:
@@ -361,7 +388,7 @@ class ProxyProcess:
             self._start_listener(name, sockets)
         root.start_soon(self._signals, signals)
         if self.can_bind:  # the only process: watchdog and key rotation are ours
-            root.start_soon(systemd_watchdog)
+            root.start_soon(systemd.watchdog_loop)
             root.start_soon(self._rotate_ticket_keys)
         metrics.worker_started()
         systemd.notify_ready(self.status())
@@ -393,6 +420,8 @@ class ProxyProcess:
         old, self.generation = self.generation, generation
         if old is not None:
             old.scope.cancel()
+        # Only now: a reload rejected after building must not publish its certificates.
+        metrics.set_certificates(generation.certificates)
         self._root.start_soon(_run_health, generation)
 
     def _start_listener(self, name: str, sockets: list[socket.socket]) -> None:
@@ -508,16 +537,6 @@ class ProxyProcess:
             self._start_listener(name, sockets)
 
 
-async def systemd_watchdog() -> None:
-    """Ping the systemd watchdog at half its interval, if one was asked for."""
-    interval = systemd.watchdog_interval()
-    if interval is None:
-        return
-    while True:
-        systemd.notify("WATCHDOG=1")
-        await trio.sleep(interval)
-
-
 # -- entry point --------------------------------------------------------------------------
 
 
@@ -534,6 +553,31 @@ STARTUP_ERRORS = (OSError, ValueError, PrivilegeError)
 def activated_sockets() -> list[tuple[str, socket.socket]]:
     """Sockets passed by systemd socket activation, with their FileDescriptorName."""
     return systemd.listen_fds_with_names()
+
+
+def split_metrics_socket(
+    settings: Settings, activated: Activated
+) -> tuple[socket.socket | None, list[tuple[str, socket.socket]]]:
+    """The activated socket for ``[metrics] listen = "systemd:NAME"`` and the rest, which
+    the listeners take (a listener with a bare ``systemd:`` must not swallow the metrics one)."""
+    listen = settings.metrics.listen
+    if not settings.metrics.enabled or listen.systemd_name is None:
+        return None, list(activated)
+    for index, (name, sock) in enumerate(activated):
+        if name == listen.systemd_name or not listen.systemd_name:
+            return sock, [item for i, item in enumerate(activated) if i != index]
+    raise OSError(f"metrics: systemd passed no socket for {listen}")
+
+
+def start_metrics_endpoint(
+    settings: Settings, activated: socket.socket | None
+) -> metrics.MetricsServer | None:
+    """Serve /metrics on the activated socket, or bind ``[metrics] listen``; None if off."""
+    if not settings.metrics.enabled:
+        return None
+    if activated is not None:
+        return metrics.start_metrics_server(activated)
+    return metrics.start_metrics_server(str(settings.metrics.listen))
 
 
 def startup_error(exc: BaseException) -> BaseException | None:
@@ -607,7 +651,8 @@ def run(settings: Settings, config_path: Path | None) -> int:
 
 
 def _run_single(settings: Settings, config_path: Path | None, early: list[int]) -> int:
-    sockets = bind_listeners(settings, activated=activated_sockets())
+    metrics_socket, activated = split_metrics_socket(settings, activated_sockets())
+    sockets = bind_listeners(settings, activated=activated)
     process = ProxyProcess(
         settings,
         config_path,
@@ -616,9 +661,7 @@ def _run_single(settings: Settings, config_path: Path | None, early: list[int]) 
         access_log=make_access_log(settings),
         drop_to=(settings.global_.user, settings.global_.group),
     )
-    server = None
-    if settings.metrics.enabled:
-        server = metrics.start_metrics_server(str(settings.metrics.listen))
+    server = start_metrics_endpoint(settings, metrics_socket)
     metrics.config_loaded()
     try:
         trio.run(serve_with_early_signals, process, early)

@@ -109,6 +109,7 @@ def _adopt_socket(sock: socket.socket, app: Callable[..., Iterable[bytes]]) -> W
     )
     server.socket.close()
     server.socket = sock
+    sock.setblocking(True)  # socketserver's accept loop expects a blocking socket
     sock.listen(socket.SOMAXCONN)  # harmless if systemd already listens
     server.server_name = "metrics"
     server.server_port = int(sock.getsockname()[1])

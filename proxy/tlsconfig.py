@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol, cast
 
 import trio
 from cryptography import x509
@@ -146,8 +147,9 @@ def build_server_config(
     """
     table = routes if routes is not None else table_for_listener(settings, listener)
     base = _base_config(settings, listener, ticket_keys, table, chains)
-    if base.max_early_data and anti_replay is not None:
-        base = dataclasses.replace(base, anti_replay=anti_replay)
+    register = anti_replay if anti_replay is not None else base.anti_replay
+    if base.max_early_data and register is not None:
+        base = dataclasses.replace(base, anti_replay=observed_register(register))
     variants = {route.name: _route_variant(base, route) for route in _all_routes(table)}
 
     def config_for_name(server_name: str | None) -> ServerConfig | None:
@@ -214,6 +216,75 @@ def _route_variant(base: ServerConfig, route: Route) -> ServerConfig:
     if not changes:
         return base
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+# -- 0-RTT replays, for the metrics --------------------------------------------------------
+
+
+class StrikeRegister(Protocol):
+    """What the engine uses of a 0-RTT strike register (``tls13.tickets.ReplayRegister``)."""
+
+    @property
+    def window(self) -> float: ...
+
+    def check_and_add(self, key: bytes, now: float) -> bool: ...
+
+
+# Set in the task of the connection whose ClientHello the register refused: "replay" (seen
+# before) or "full" (no room to remember it). Read by the daemon's observer in that task.
+_refusal: ContextVar[str | None] = ContextVar("tls13proxy_0rtt_refusal", default=None)
+
+
+class ObservedRegister:
+    """A strike register that tells the connection why it refused 0-RTT.
+
+    The engine declines early data silently (``early_data_accepted`` is False whatever the
+    reason), but the metrics count a replay (RFC 8446 §8.2) apart from other refusals.
+    ``check_and_add`` runs synchronously inside ``ServerConnection.receive_data``, in the
+    trio task of the connection being checked, so a context variable hands the outcome to
+    that task's observer without any state shared between connections.
+    """
+
+    def __init__(self, inner: StrikeRegister) -> None:
+        self.inner = inner
+
+    @property
+    def window(self) -> float:
+        return self.inner.window
+
+    def check_and_add(self, key: bytes, now: float) -> bool:
+        if self.inner.check_and_add(key, now):
+            return True
+        _refusal.set("full" if _register_full(self.inner) else "replay")
+        return False
+
+
+def _register_full(register: StrikeRegister) -> bool:
+    """Whether the latest refusal was for lack of room rather than a key seen before."""
+    full = getattr(register, "last_refusal_full", None)  # proxy.workers' shared register
+    if isinstance(full, bool):
+        return full
+    capacity = getattr(register, "max_entries", None)  # tls13.tickets.ReplayRegister
+    return isinstance(capacity, int) and len(cast("ReplayRegister", register)) >= capacity
+
+
+def observed_register(register: StrikeRegister) -> ReplayRegister:
+    """``register`` wrapped (once) so refusals reach :func:`take_early_data_refusal`."""
+    if not isinstance(register, ObservedRegister):
+        register = ObservedRegister(register)
+    return cast("ReplayRegister", register)  # duck-typed: window + check_and_add
+
+
+def reset_early_data_refusal() -> None:
+    """Call at the start of a connection's task (a fresh context normally has none)."""
+    _refusal.set(None)
+
+
+def take_early_data_refusal() -> str | None:
+    """Why the strike register refused this task's 0-RTT ("replay", "full"), then forget it."""
+    reason = _refusal.get()
+    _refusal.set(None)
+    return reason
 
 
 class TLSTerminator:

@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,8 @@ from proxy.daemon import (
     make_access_log,
     remember_early_signals,
     serve_with_early_signals,
-    systemd_watchdog,
+    split_metrics_socket,
+    start_metrics_endpoint,
 )
 from proxy.settings import ConfigError, Settings, embedded_default, load_settings, reload_settings
 from proxy.tlsconfig import (
@@ -76,6 +78,11 @@ RESTART_BACKOFF_MIN = 0.5
 RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 10.0
 KILL_GRACE = 5.0
+# Workers report (listeners up, connections) this often over their report pipe; one silent
+# for HEARTBEAT_STALE seconds is wedged, and the parent withholds the systemd watchdog ping.
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_STALE = 10.0
+STATUS_INTERVAL = 5.0
 
 
 # -- the 0-RTT strike register shared by all workers ---------------------------------------
@@ -102,6 +109,8 @@ class SharedReplayRegister:
         self.fd = fd
         self.slots = slots
         self.window = window
+        # Why the latest check_and_add refused: True = no free slot, False = a replay.
+        self.last_refusal_full = False
         self._memory = mmap.mmap(fd, slots * REPLAY_SLOT.size)
 
     @classmethod
@@ -124,10 +133,12 @@ class SharedReplayRegister:
                 stored, stamp = REPLAY_SLOT.unpack_from(self._memory, offset)
                 live = stamp != 0.0 and stamp > now - self.window  # 0.0: never used
                 if live and stored == digest:
+                    self.last_refusal_full = False
                     return False
                 if not live and free is None:
                     free = offset
             if free is None:
+                self.last_refusal_full = True
                 return False
             REPLAY_SLOT.pack_into(self._memory, free, digest, now)
             return True
@@ -148,6 +159,28 @@ class WorkerSlot:
     started: float = 0.0
     failures: int = 0
     retired: bool = False
+    # From the current process's reports: its listeners are up; when it last reported.
+    ready: bool = False
+    last_report: float = 0.0
+    connections: int = 0
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def report(self, line: bytes) -> None:
+        """One report line from the worker (``{"ready": true, "connections": N}``)."""
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.warning("worker %d: malformed report line ignored", self.index)
+            return
+        if not isinstance(message, dict):
+            return
+        self.last_report = time.monotonic()
+        self.ready = self.ready or message.get("ready") is True
+        connections = message.get("connections")
+        if isinstance(connections, int) and connections >= 0:
+            self.connections = connections
 
 
 @dataclass
@@ -161,8 +194,10 @@ class Supervisor:
     replay: SharedReplayRegister | None = None
     # Serialises control lines: a key rotation may coincide with a worker's bootstrap.
     control_lock: trio.Lock = field(default_factory=trio.Lock)
+    # READY=1 went out for the current set of slots (reset when a new generation starts).
+    announced_ready: bool = False
 
-    def bootstrap(self, slot: WorkerSlot) -> tuple[bytes, list[int]]:
+    def bootstrap(self, slot: WorkerSlot, report_fd: int) -> tuple[bytes, list[int]]:
         """The first control line for a worker and the descriptors it inherits."""
         fds = {name: [s.fileno() for s in socks] for name, socks in slot.sockets.items()}
         message = {
@@ -172,8 +207,9 @@ class Supervisor:
             "listeners": fds,
             "ticket_keys": keyring_to_text(self.keyring) if self.keyring is not None else "",
             "replay_fd": self.replay.fd if self.replay is not None else None,
+            "report_fd": report_fd,
         }
-        passed = [fd for numbers in fds.values() for fd in numbers]
+        passed = [fd for numbers in fds.values() for fd in numbers] + [report_fd]
         if self.replay is not None:
             passed.append(self.replay.fd)
         return (json.dumps(message) + "\n").encode(), passed
@@ -181,24 +217,75 @@ class Supervisor:
     async def run_slot(self, slot: WorkerSlot) -> None:
         """Keep a worker running in this slot, restarting it (with backoff) when it dies."""
         while not self.stopping and not slot.retired:
-            line, fds = self.bootstrap(slot)
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "proxy.workers"],
-                stdin=subprocess.PIPE,
-                pass_fds=fds,
-                env=_worker_environment(),
-            )
+            report_read, report_write = os.pipe()
+            try:
+                line, fds = self.bootstrap(slot, report_write)
+                process = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "proxy.workers"],
+                    stdin=subprocess.PIPE,
+                    pass_fds=fds,
+                    env=_worker_environment(),
+                )
+            except BaseException:
+                os.close(report_read)
+                raise
+            finally:
+                os.close(report_write)  # the worker has its copy; EOF when it exits
             slot.process, slot.started = process, time.monotonic()
+            slot.ready, slot.last_report, slot.connections = False, slot.started, 0
             assert process.stdin is not None
             async with self.control_lock:
                 await _send_control(process, line)
             log.info("worker %d started (pid %d)", slot.index, process.pid)
-            status = await process.wait()
+            async with trio.open_nursery() as watching:
+                watching.start_soon(self._read_reports, slot, report_read)
+                status = await process.wait()
+                watching.cancel_scope.cancel()
+            slot.ready = False
             metrics.mark_worker_dead(process.pid)
             await process.stdin.aclose()
             if self.stopping or slot.retired:
                 return
             await self._after_crash(slot, process.pid, status)
+
+    async def _read_reports(self, slot: WorkerSlot, fd: int) -> None:
+        """Follow a worker's report pipe; announce READY=1 once every worker is up."""
+        buffer = b""
+        async with trio.lowlevel.FdStream(fd) as reports:
+            while chunk := await reports.receive_some(65536):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    slot.report(line)
+                self.announce_if_ready()
+
+    def all_ready(self) -> bool:
+        """Every current slot's worker has its listeners up."""
+        return bool(self.slots) and all(slot.running() and slot.ready for slot in self.slots)
+
+    def announce_if_ready(self) -> None:
+        """READY=1 (sd_notify) only when every worker reported its listeners up."""
+        if not self.announced_ready and self.all_ready():
+            self.announced_ready = True
+            systemd.notify_ready(self.status())
+
+    def healthy(self) -> bool:
+        """For the systemd watchdog: some worker serves and no running worker is wedged.
+
+        A worker being restarted after a crash does not count against health (the
+        supervisor handles it); a live worker that stopped reporting does, and so does
+        having no serving worker at all.
+        """
+        now = time.monotonic()
+        running = [slot for slot in self.slots if slot.running()]
+        fresh = all(now - slot.last_report < HEARTBEAT_STALE for slot in running)
+        return fresh and any(slot.ready for slot in running)
+
+    def status(self) -> str:
+        """The STATUS= line: workers serving out of those configured, and connections."""
+        serving = sum(1 for slot in self.slots if slot.running() and slot.ready)
+        connections = sum(slot.connections for slot in self.slots if slot.running())
+        return f"{serving}/{len(self.slots)} workers serving, {connections} connection(s)"
 
     async def _after_crash(self, slot: WorkerSlot, pid: int, status: int) -> None:
         uptime = time.monotonic() - slot.started
@@ -272,9 +359,9 @@ async def supervise_async(supervisor: Supervisor, early_signals: Sequence[int] =
         async with trio.open_nursery() as nursery:
             for slot in supervisor.slots:
                 nursery.start_soon(supervisor.run_slot, slot)
-            nursery.start_soon(systemd_watchdog)
+            nursery.start_soon(partial(systemd.watchdog_loop, healthy=supervisor.healthy))
             nursery.start_soon(_rotate_keys, supervisor)
-            systemd.notify_ready(f"{len(supervisor.slots)} workers")
+            nursery.start_soon(_report_status, supervisor)
             for signum in early_signals:  # sent while we were starting up
                 if not await _on_signal(supervisor, nursery, signum):
                     break
@@ -284,6 +371,17 @@ async def supervise_async(supervisor: Supervisor, early_signals: Sequence[int] =
                         break
             await _wait_all(supervisor)
             nursery.cancel_scope.cancel()
+
+
+async def _report_status(supervisor: Supervisor) -> None:
+    """Keep ``systemctl status`` current: a STATUS= line whenever the figures change."""
+    last = ""
+    while True:
+        await trio.sleep(STATUS_INTERVAL)
+        status = supervisor.status()
+        if status != last and supervisor.announced_ready:
+            systemd.notify_status(status)
+            last = status
 
 
 async def _on_signal(supervisor: Supervisor, nursery: trio.Nursery, signum: int) -> bool:
@@ -326,15 +424,17 @@ async def _reload(supervisor: Supervisor, nursery: trio.Nursery) -> None:
     except (ConfigError, OSError, ValueError) as exc:
         log.error("configuration reload rejected; workers keep the running one: %s", exc)
         metrics.config_reloaded(False)
-        systemd.notify_ready()
+        systemd.notify_ready(supervisor.status())
         return
     except Exception:  # a bug here must not take the supervisor (and its workers) down
         log.exception("configuration reload failed; workers keep the running one")
         metrics.config_reloaded(False)
-        systemd.notify_ready()
+        systemd.notify_ready(supervisor.status())
         return
     metrics.config_reloaded(True)
-    systemd.notify_ready(f"{len(supervisor.slots)} workers")
+    # A new generation announces READY=1 once its workers are up (announce_if_ready).
+    if supervisor.announced_ready:
+        systemd.notify_ready(supervisor.status())
 
 
 def _load_next(supervisor: Supervisor) -> Settings:
@@ -368,6 +468,7 @@ def _replace_generation(supervisor: Supervisor, new: Settings, nursery: trio.Nur
             slot.process.send_signal(signal.SIGTERM)
         slot.sockets = {name: socks for name, socks in slot.sockets.items() if name not in kept}
     supervisor.settings, supervisor.slots = new, fresh
+    supervisor.announced_ready = False
     for slot in fresh:
         nursery.start_soon(supervisor.run_slot, slot)
     close_slot_sockets(old)
@@ -389,12 +490,11 @@ def supervise(
 ) -> int:
     """Parent entry: bind, start workers, supervise until stopped."""
     load_chains(settings)  # fail here, clearly, rather than in every worker in a loop
-    slots = make_slots(settings, settings.global_.workers, activated_sockets())
+    metrics_socket, activated = split_metrics_socket(settings, activated_sockets())
+    slots = make_slots(settings, settings.global_.workers, activated)
     metrics_dir = tempfile.mkdtemp(prefix="tls13-proxy-metrics-")
     metrics.setup_multiprocess(metrics_dir)
-    server = None
-    if settings.metrics.enabled:
-        server = metrics.start_metrics_server(str(settings.metrics.listen))
+    server = start_metrics_endpoint(settings, metrics_socket)
     supervisor = Supervisor(settings, config_path, make_keyring(settings), slots)
     supervisor.replay = SharedReplayRegister.create()
     metrics.config_loaded()
@@ -435,10 +535,28 @@ async def _control(process: ProxyProcess, stdin: trio.abc.ReceiveStream) -> None
     process.stop()
 
 
-async def worker_async(process: ProxyProcess, early_signals: list[int]) -> None:
+async def _report(process: ProxyProcess, fd: int) -> None:
+    """Tell the parent our listeners are up, then keep reporting (the heartbeat it watches:
+    a wedged event loop falls silent). A parent that went away is ``_control``'s business."""
+    os.set_inheritable(fd, False)
+    async with trio.lowlevel.FdStream(fd) as reports:
+        while True:
+            line = json.dumps({"ready": True, "connections": process.tracker.active})
+            try:
+                await reports.send_all(line.encode() + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            await trio.sleep(HEARTBEAT_INTERVAL)
+
+
+async def worker_async(
+    process: ProxyProcess, early_signals: list[int], report_fd: int | None = None
+) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_with_early_signals, process, early_signals)
         nursery.start_soon(_control, process, trio.lowlevel.FdStream(os.dup(0)))
+        if report_fd is not None:
+            nursery.start_soon(_report, process, report_fd)
         await process.stopped.wait()
         nursery.cancel_scope.cancel()
 
@@ -468,7 +586,10 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         shared_replay=_shared_replay(message),
         drop_to=(settings.global_.user, settings.global_.group),
     )
-    trio.run(worker_async, process, early_signals)
+    report_fd = message.get("report_fd")
+    trio.run(
+        worker_async, process, early_signals, report_fd if isinstance(report_fd, int) else None
+    )
     return 0
 
 
