@@ -27,7 +27,7 @@ import trio
 
 from proxy import metrics, systemd
 from proxy.accesslog import AccessLog, AccessRecord, configure_logging
-from proxy.backends import BackendPool, InProcessBackends, pool_from_settings
+from proxy.backends import BackendPool, BackendServer, InProcessBackends, pool_from_settings
 from proxy.connection import ConnectionRecord, ListenerRuntime, Timeouts, log_limited
 from proxy.demo import serve_demo
 from proxy.health import HealthChecker, options_from_settings
@@ -285,7 +285,7 @@ def build_generation(
         )
         metrics.declare_listener(listener.name)
     health = [
-        HealthChecker(pools[p.name], options_from_settings(p.health), _health_changed)
+        ReportingHealthChecker(pools[p.name], options_from_settings(p.health))
         for p in settings.backends
         if p.health.enabled
     ]
@@ -293,8 +293,13 @@ def build_generation(
     return Generation(settings, pools, runtimes, health, certificates)
 
 
-def _health_changed(pool: BackendPool, server: object, up: bool) -> None:
-    metrics.set_backend_up(pool.name, str(getattr(server, "address", server)), up)
+class ReportingHealthChecker(HealthChecker):
+    """Publishes each server's health state after every probe, not only when it flips: a
+    server that starts healthy and stays so must still show ``backend_up 1``."""
+
+    def observe(self, server: BackendServer, ok: bool) -> None:
+        super().observe(server, ok)
+        metrics.set_backend_up(self.pool.name, str(server.address), server.healthy)
 
 
 async def _run_health(generation: Generation) -> None:

@@ -647,6 +647,7 @@ def observe_backend_connect(
 
 def backend_failure_reason(error: BaseException) -> str:
     """Classify why a connect failed, into the fixed ``BACKEND_FAILURE_REASONS``."""
+    error = _connect_error_cause(error)
     if isinstance(error, ConnectionRefusedError):
         return "refused"
     if isinstance(error, ConnectionResetError):
@@ -658,6 +659,19 @@ def backend_failure_reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.errno in _UNREACHABLE_ERRNOS:
         return "unreachable"
     return "error"
+
+
+def _connect_error_cause(error: BaseException) -> BaseException:
+    """The socket error inside a summary: trio's ``open_tcp_stream`` raises a bare
+    ``OSError("all attempts to connect … failed")`` from an exception group of the
+    per-address errors; classify by those (the last attempt's, when they differ)."""
+    while isinstance(error, OSError) and error.errno is None and error.__cause__ is not None:
+        cause = error.__cause__
+        grouped = getattr(cause, "exceptions", None)  # an exception group (3.11+, exceptiongroup)
+        if isinstance(grouped, tuple) and grouped and isinstance(grouped[-1], BaseException):
+            cause = grouped[-1]
+        error = cause
+    return error
 
 
 _UNREACHABLE_ERRNOS = frozenset(

@@ -279,7 +279,10 @@ class TLSSettings:
         (), ListOf(Alpn()), 'ALPN protocols offered, in preference order (e.g. ["h2", "http/1.1"]).'
     )
     alpn_required: bool = setting(
-        False, Bool(), "Refuse clients that offer ALPN but none of ours (no_application_protocol)."
+        False,
+        Bool(),
+        "Refuse clients without a protocol of ours, those offering no ALPN included "
+        "(no_application_protocol).",
     )
     max_early_data: int = setting(
         0,
