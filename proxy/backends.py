@@ -9,8 +9,11 @@ with nothing usable fails fast with ``NoHealthyBackend`` instead of making clien
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import itertools
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,6 +24,7 @@ import trio
 
 from proxy import metrics
 from proxy.settings import BackendAddress, PoolSettings
+from proxy.tlsstream import connect_tcp
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +178,9 @@ class BackendPool:
     async def open_address(self, address: BackendAddress, context: object) -> trio.abc.Stream:
         with trio.fail_after(self.options.connect_timeout):
             if address.kind == "tcp":
+                family = _literal_family(address.host)
+                if family is not None:  # the usual case: one direct connect, no resolver
+                    return await connect_tcp(family, (address.host, address.port))
                 return await trio.open_tcp_stream(address.host, address.port)
             if address.kind == "unix":
                 return await trio.open_unix_socket(address.path)
@@ -197,6 +204,16 @@ class BackendPool:
 
     def record_success(self, server: BackendServer) -> None:
         server.consecutive_failures = 0
+
+
+@functools.lru_cache(maxsize=256)
+def _literal_family(host: str) -> int | None:
+    """AF_INET/AF_INET6 for an IP literal; None for a name (resolved per connection)."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+    return socket.AF_INET if version == 4 else socket.AF_INET6
 
 
 @contextmanager

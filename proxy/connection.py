@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHUNK = 65536
+# Upper bound on how far past the idle timeout an idle connection may live (see _SpliceState).
+IDLE_SLACK = 1.0
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -196,15 +198,30 @@ def _peer(stream: trio.SocketStream, local: bool) -> tuple[str, int]:
     return str(address), 0
 
 
-def new_record(listener: str, transport: trio.SocketStream) -> ConnectionRecord:
-    client_host, client_port = _peer(transport, local=False)
-    local_host, local_port = _peer(transport, local=True)
+Address = tuple[str, int]
+
+
+def new_record(
+    listener: str,
+    transport: trio.SocketStream,
+    peer: Address | None = None,
+    local: Address | None = None,
+) -> ConnectionRecord:
+    """The connection's record; ``peer``/``local`` when the caller knows them already (accept
+    returned the peer, a listener bound to one address knows the local end): no syscall."""
+    client_host, client_port = peer if peer is not None else _peer(transport, local=False)
+    local_host, local_port = local if local is not None else _peer(transport, local=True)
     return ConnectionRecord(listener, client_host, client_port, local_host, local_port)
 
 
-async def handle_connection(transport: trio.SocketStream, runtime: ListenerRuntime) -> None:
+async def handle_connection(
+    transport: trio.SocketStream,
+    runtime: ListenerRuntime,
+    peer: Address | None = None,
+    local: Address | None = None,
+) -> None:
     """The whole life of one accepted connection; never raises for per-connection failures."""
-    record = new_record(runtime.name, transport)
+    record = new_record(runtime.name, transport, peer, local)
     runtime.observer.connection_opened(record)
     try:
         await _serve(transport, runtime, record)
@@ -467,13 +484,26 @@ def early_proxy_header(version: int, record: ConnectionRecord, server_name: str 
 
 @dataclass
 class _SpliceState:
+    """The pumps' shared state. The idle deadline moves only once per ``slack`` seconds:
+    re-registering a deadline per chunk costs more than a small read. It is set ``slack``
+    beyond ``idle``, so a connection is never cut before it was idle ``idle`` seconds (and
+    at most ``idle + slack`` after its last byte)."""
+
     scope: trio.CancelScope
     idle: float
     record: ConnectionRecord
     chunk: int
+    slack: float = 0.0
+    _moved_at: float = float("-inf")
+
+    def __post_init__(self) -> None:
+        self.slack = min(IDLE_SLACK, self.idle / 16)
 
     def touch(self) -> None:
-        self.scope.deadline = trio.current_time() + self.idle
+        now = trio.current_time()
+        if now - self._moved_at >= self.slack:
+            self._moved_at = now
+            self.scope.deadline = now + self.idle + self.slack
 
 
 async def splice(

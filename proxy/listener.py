@@ -9,13 +9,15 @@ running connections the drain timeout to finish before cancelling them.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Sequence
 
 import trio
 
-from proxy.connection import ListenerRuntime, handle_connection, log_limited
+from proxy.connection import Address, ListenerRuntime, handle_connection, log_limited
+from proxy.tlsstream import FastSocketStream
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +121,14 @@ class Listener:
         try:
             async with trio.open_nursery() as nursery:
                 for sock in self.sockets:
+                    _set_nodelay(sock)
                     nursery.start_soon(self._accept_loop, sock, connections)
         finally:
             for sock in self.sockets:
                 sock.close()
 
     async def _accept_loop(self, sock: trio.socket.SocketType, connections: trio.Nursery) -> None:
+        local = _fixed_local_address(sock)
         while True:
             try:
                 conn, peer = await sock.accept()
@@ -149,15 +153,61 @@ class Listener:
             if not self.tracker.try_acquire(self.name, client, self.limit):
                 _refuse(conn)
                 continue
-            # (trio.SocketStream sets TCP_NODELAY: small TLS records leave at once.)
             # The runtime in force at accept time: a reload later never changes this one.
-            connections.start_soon(self._run, trio.SocketStream(conn), client, self.runtime())
+            connections.start_soon(
+                self._run,
+                FastSocketStream.wrap(conn),
+                client,
+                _address(peer),
+                local,
+                self.runtime(),
+            )
 
-    async def _run(self, stream: trio.SocketStream, client: str, runtime: ListenerRuntime) -> None:
+    async def _run(
+        self,
+        stream: trio.SocketStream,
+        client: str,
+        peer: Address | None,
+        local: Address | None,
+        runtime: ListenerRuntime,
+    ) -> None:
         try:
-            await handle_connection(stream, runtime)
+            await handle_connection(stream, runtime, peer, local)
         finally:
             self.tracker.release(self.name, client)
+
+
+def _set_nodelay(sock: trio.socket.SocketType) -> None:
+    """TCP_NODELAY once on the listening socket: accepted sockets inherit it (Linux), so small
+    TLS records leave at once without a setsockopt per connection."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            log.warning("listener socket: cannot set TCP_NODELAY: %s", exc)
+
+
+def _address(address: object) -> Address | None:
+    """(host, port) of a socket address tuple (IPv6 ones carry flow info and scope too)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
+
+
+def _fixed_local_address(sock: trio.socket.SocketType) -> Address | None:
+    """The local end every accepted connection shares, unless the socket is bound to a
+    wildcard address (then each connection's own address is asked for)."""
+    try:
+        local = _address(sock.getsockname())
+    except OSError:
+        return None
+    if local is None:
+        return None
+    try:
+        wildcard = ipaddress.ip_address(local[0].split("%", 1)[0]).is_unspecified
+    except ValueError:
+        return None
+    return None if wildcard else local
 
 
 def _refuse(conn: trio.socket.SocketType) -> None:

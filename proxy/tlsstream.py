@@ -9,11 +9,18 @@
   truncation and raises ``TLSTruncated`` so a proxy never forwards it as a clean end.
 * Writes from the receive side (KeyUpdate answers, alerts) and from ``send_all`` share one
   lock so two tasks — one per direction — may use the stream at the same time.
+
+``FastSocketStream`` is the TCP transport under it (and towards backends): a
+``trio.SocketStream`` whose send/receive try the socket first and yield to the scheduler
+only when the socket would block or after a run of operations that did not block.  The
+stock stream yields on every successful call, which costs more than the syscall itself.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket as stdlib_socket
 from typing import TYPE_CHECKING
 
 import trio
@@ -28,6 +35,155 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
 CLOSE_GRACE = 1.0
+# Successive socket operations that completed without blocking before one yields anyway,
+# so a connection with data always ready (a bulk transfer) cannot starve the others.
+FAIR_STREAK = 8
+_CLOSED_ERRNOS = frozenset((errno.EBADF, errno.ENOTSOCK))
+
+
+def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    """trio.SocketStream's mapping: a closed descriptor is ours to blame, the rest is broken."""
+    if exc.errno in _CLOSED_ERRNOS:
+        return trio.ClosedResourceError("this socket was already closed")
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
+
+
+class FastSocketStream(trio.abc.HalfCloseableStream):
+    """A TCP stream like ``trio.SocketStream`` with a cheap path for calls that do not block.
+
+    Every call checks for cancellation first; it parks in ``wait_readable`` /
+    ``wait_writable`` only when the socket would block, and otherwise yields once per
+    ``FAIR_STREAK`` calls.  ``socket`` is the trio socket, as on ``trio.SocketStream``.
+    Socket options are left alone (trio's stream spends two setsockopt calls per socket):
+    accepted sockets inherit TCP_NODELAY from the listening socket, and :func:`connect_tcp`
+    sets it on backend sockets itself.  Build it with :meth:`wrap`.
+    """
+
+    def __init__(self, sock: trio.socket.SocketType, raw: stdlib_socket.socket) -> None:
+        self.socket = sock
+        self._raw = raw
+        self._sending = False
+        self._streak = 0
+
+    @classmethod
+    def wrap(cls, sock: trio.socket.SocketType) -> trio.abc.HalfCloseableStream:
+        """The fast stream over ``sock`` (a connected TCP socket), or trio's own stream when
+        the trio socket does not expose its standard-library socket."""
+        raw = getattr(sock, "_sock", None)  # trio's socket wrapper keeps the stdlib socket
+        if not isinstance(raw, stdlib_socket.socket):
+            return trio.SocketStream(sock)
+        return cls(sock, raw)
+
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
+        self.socket.setsockopt(level, option, value)
+
+    def getsockopt(self, level: int, option: int) -> int:
+        return int(self.socket.getsockopt(level, option))
+
+    async def aclose(self) -> None:
+        self.socket.close()  # wakes any task parked on this socket (trio's notify_closing)
+        await trio.lowlevel.checkpoint()
+
+    async def _after_immediate(self) -> None:
+        """A call that did not block: yield only every FAIR_STREAK such calls."""
+        self._streak += 1
+        if self._streak >= FAIR_STREAK:
+            self._streak = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is currently sending on this stream")
+        if self.socket.did_shutdown_SHUT_WR:
+            raise trio.ClosedResourceError("can't send data after sending EOF")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._sending = True
+        try:
+            blocked = await self._send_view(data)
+        finally:
+            self._sending = False
+        if not blocked:
+            await self._after_immediate()
+
+    async def _send_view(self, data: bytes | bytearray | memoryview) -> bool:
+        """Send everything; True if we had to wait for the socket to become writable."""
+        raw = self._raw
+        blocked = False
+        with memoryview(data) as view:
+            total = len(view)
+            if not total and raw.fileno() == -1:
+                raise trio.ClosedResourceError("socket was already closed")
+            sent = 0
+            while sent < total:
+                try:
+                    sent += raw.send(view[sent:])
+                except BlockingIOError:
+                    blocked = True
+                    self._streak = 0
+                    await trio.lowlevel.wait_writable(raw)
+                except OSError as exc:
+                    raise _stream_error(exc) from exc
+        return blocked
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is currently sending on this stream")
+        if self._raw.fileno() == -1:
+            raise trio.ClosedResourceError
+        await trio.lowlevel.wait_writable(self._raw)
+
+    async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is currently sending on this stream")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.socket.did_shutdown_SHUT_WR:
+            return
+        try:
+            self.socket.shutdown(stdlib_socket.SHUT_WR)
+        except OSError as exc:
+            raise _stream_error(exc) from exc
+        await self._after_immediate()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is None:
+            max_bytes = READ_SIZE
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        raw = self._raw
+        try:
+            data = raw.recv(max_bytes)
+        except BlockingIOError:
+            self._streak = 0
+            return await self._receive_blocking(max_bytes)
+        except OSError as exc:
+            raise _stream_error(exc) from exc
+        await self._after_immediate()
+        return data
+
+    async def _receive_blocking(self, max_bytes: int) -> bytes:
+        raw = self._raw
+        while True:
+            await trio.lowlevel.wait_readable(raw)
+            try:
+                return raw.recv(max_bytes)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise _stream_error(exc) from exc
+
+
+async def connect_tcp(family: int, address: tuple[object, ...]) -> trio.abc.HalfCloseableStream:
+    """Connect to a numeric address (no resolution, no happy-eyeballs nursery): what a
+    backend pool needs per connection. TCP_NODELAY goes on before the connect."""
+    sock = trio.socket.socket(family, stdlib_socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+        await sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return FastSocketStream.wrap(sock)
 
 
 class TLSStreamError(trio.BrokenResourceError):
@@ -146,9 +302,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         # drains later also sends later.
         out = self.connection.data_to_send()
         if out:
-            async with self._send_lock:
-                self.wire_sent += len(out)
-                await self.transport.send_all(out)
+            await self._locked_send(out)
 
     def _handle_events(self, happened: list[events.Event]) -> None:
         for event in happened:
@@ -203,11 +357,26 @@ class TLSStream(trio.abc.HalfCloseableStream):
                 await self.transport.send_eof()
 
     async def _flush(self) -> None:
-        async with self._send_lock:
-            out = self.connection.data_to_send()
-            if out:
-                self.wire_sent += len(out)
-                await self.transport.send_all(out)
+        out = self.connection.data_to_send()
+        if out:
+            await self._locked_send(out)
+        else:
+            await trio.lowlevel.checkpoint()  # nothing to write, but callers expect a checkpoint
+
+    async def _locked_send(self, out: bytes) -> None:
+        """Send under the write lock. Taking a free lock does not yield (``async with`` on a
+        trio.Lock would, once per write); the transport's send is the checkpoint. Bytes were
+        drained from the engine before waiting, and trio's Lock is FIFO, so order holds."""
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
+            self.wire_sent += len(out)
+            await self.transport.send_all(out)
+        finally:
+            lock.release()
 
     async def _flush_quietly(self) -> None:
         """Best effort to deliver an alert we owe the peer before giving up."""
