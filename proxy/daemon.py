@@ -32,6 +32,7 @@ from proxy.connection import ConnectionRecord, ListenerRuntime, Timeouts, log_li
 from proxy.demo import serve_demo
 from proxy.health import HealthChecker, options_from_settings
 from proxy.listener import ConnectionTracker, Listener, bind_addresses, to_trio
+from proxy.metrics_http import MetricsServer
 from proxy.privileges import PrivilegeError, drop_privileges
 from proxy.routing import table_for_listener
 from proxy.settings import (
@@ -284,7 +285,7 @@ def build_generation(
             handshake_slots=handshake_slots,
         )
         metrics.declare_listener(listener.name)
-    health = [
+    health: list[HealthChecker] = [
         ReportingHealthChecker(pools[p.name], options_from_settings(p.health))
         for p in settings.backends
         if p.health.enabled
@@ -576,7 +577,7 @@ def split_metrics_socket(
 
 def start_metrics_endpoint(
     settings: Settings, activated: socket.socket | None
-) -> metrics.MetricsServer | None:
+) -> MetricsServer | None:
     """Serve /metrics on the activated socket, or bind ``[metrics] listen``; None if off."""
     if not settings.metrics.enabled:
         return None
