@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # the strike register type only; the engine makes the objects
 log = logging.getLogger(__name__)
 
 ListenerSockets = dict[str, list[socket.socket]]
+STATUS_INTERVAL = 5.0  # seconds between STATUS= refreshes for systemctl status
 RELOAD_ERRORS = (ConfigError, OSError, ValueError)
 
 
@@ -396,6 +397,7 @@ class ProxyProcess:
         if self.can_bind:  # the only process: watchdog and key rotation are ours
             root.start_soon(systemd.watchdog_loop)
             root.start_soon(self._rotate_ticket_keys)
+            root.start_soon(self._report_status)
         metrics.worker_started()
         systemd.notify_ready(self.status())
 
@@ -404,6 +406,16 @@ class ProxyProcess:
 
     def status(self) -> str:
         return f"serving {len(self._listeners)} listener(s), {self.tracker.active} connection(s)"
+
+    async def _report_status(self) -> None:
+        """Keep ``systemctl status`` current: a STATUS= line whenever the figures change."""
+        last = self.status()
+        while True:
+            await trio.sleep(STATUS_INTERVAL)
+            status = self.status()
+            if status != last:
+                systemd.notify_status(status)
+                last = status
 
     def _build(
         self,

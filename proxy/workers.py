@@ -46,6 +46,7 @@ import trio
 
 from proxy import metrics, systemd
 from proxy.daemon import (
+    STATUS_INTERVAL,
     Activated,
     ListenerSockets,
     ProxyProcess,
@@ -82,7 +83,6 @@ KILL_GRACE = 5.0
 # for HEARTBEAT_STALE seconds is wedged, and the parent withholds the systemd watchdog ping.
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_STALE = 10.0
-STATUS_INTERVAL = 5.0
 
 
 # -- the 0-RTT strike register shared by all workers ---------------------------------------

@@ -31,6 +31,7 @@ from systemd_helpers import (
 )
 
 from proxy import workers
+from proxy.daemon import STATUS_INTERVAL
 from proxy.settings import Settings
 from proxy.workers import HEARTBEAT_STALE, Supervisor, WorkerSlot
 
@@ -190,5 +191,33 @@ def test_daemon_withholds_the_watchdog_while_a_worker_is_stopped(
     finally:
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)
+        out, err = stop(process)
+    assert b"Traceback" not in err, err.decode()[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("workers", "expected"), [(1, "serving 1 listener(s)"), (2, "workers")])
+def test_status_line_follows_open_connections(
+    tmp_path: Path, localhost_leaf: Issued, notify: NotifyReceiver, workers: int, expected: str
+) -> None:
+    port = free_port()
+    config = write_daemon_config(
+        tmp_path, localhost_leaf.cert_pem(), localhost_leaf.key_pem(), [f"127.0.0.1:{port}"],
+        f"workers = {workers}",
+    )  # fmt: skip
+    process = start(daemon_command(config), daemon_env(notify))
+    try:
+        ready = notify.wait_for("READY", "1", timeout=40, process=process)
+        assert expected in ready["STATUS"] and "0 connection(s)" in ready["STATUS"], ready
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            deadline = time.monotonic() + STATUS_INTERVAL * 3
+            while time.monotonic() < deadline:
+                message = notify.receive(0.5)
+                if message is not None and "1 connection(s)" in message.get("STATUS", ""):
+                    break
+            else:
+                raise AssertionError(f"no STATUS with the open connection: {notify.messages}")
+    finally:
         out, err = stop(process)
     assert b"Traceback" not in err, err.decode()[-3000:]
