@@ -9,6 +9,9 @@
   truncation and raises ``TLSTruncated`` so a proxy never forwards it as a clean end.
 * Writes from the receive side (KeyUpdate answers, alerts) and from ``send_all`` share one
   lock so two tasks — one per direction — may use the stream at the same time.
+* The NewSessionTickets that answer the client's Finished are held and leave with our next
+  write (usually the first response bytes, or close_notify): one send instead of two.
+  RFC 8446 §4.6.1 lets the server send them at any time after the client's Finished.
 
 ``FastSocketStream`` is the TCP transport under it (and towards backends): a
 ``trio.SocketStream`` whose send/receive try the socket first and yield to the scheduler
@@ -223,6 +226,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self.tls_error: TLSError | None = None
         self.warning_alerts: list[int] = []
         self._incoming = bytearray()
+        self._held = b""  # post-handshake tickets waiting for our next write
         self._eof = False
         self._send_lock = trio.Lock()
         self._receiving = False
@@ -301,8 +305,14 @@ class TLSStream(trio.abc.HalfCloseableStream):
         # Draining before waiting keeps the byte order: trio's Lock is FIFO and whoever
         # drains later also sends later.
         out = self.connection.data_to_send()
-        if out:
+        if out and self._completes_handshake(happened):
+            self._held += out  # the tickets: they travel with our next write
+        elif out:
             await self._locked_send(out)
+
+    @staticmethod
+    def _completes_handshake(happened: list[events.Event]) -> bool:
+        return any(isinstance(event, events.HandshakeComplete) for event in happened)
 
     def _handle_events(self, happened: list[events.Event]) -> None:
         for event in happened:
@@ -358,7 +368,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
 
     async def _flush(self) -> None:
         out = self.connection.data_to_send()
-        if out:
+        if out or self._held:
             await self._locked_send(out)
         else:
             await trio.lowlevel.checkpoint()  # nothing to write, but callers expect a checkpoint
@@ -373,6 +383,8 @@ class TLSStream(trio.abc.HalfCloseableStream):
         else:
             lock.acquire_nowait()
         try:
+            if self._held:  # drained before anything else, so it goes first
+                out, self._held = self._held + out, b""
             self.wire_sent += len(out)
             await self.transport.send_all(out)
         finally:

@@ -9,10 +9,21 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trio.testing
+from certs import Issued, make_leaf
 
 from proxy.connection import ConnectionRecord, _SpliceState
 from proxy.listener import _address, _fixed_local_address, _set_nodelay
-from proxy.tlsstream import FAIR_STREAK, FastSocketStream, connect_tcp
+from proxy.tlsstream import FAIR_STREAK, FastSocketStream, TLSStream, connect_tcp
+from tls13 import (
+    CertificateChain,
+    CertificateStore,
+    ClientConfig,
+    ClientConnection,
+    ServerConfig,
+    ServerConnection,
+    TicketKeyring,
+    events,
+)
 
 
 def in_trio(test: Callable[[], Awaitable[None]]) -> Callable[[], None]:
@@ -193,3 +204,64 @@ async def test_idle_deadline_moves_rarely_but_never_early() -> None:
         assert scope.deadline == first  # within the slack: not re-registered
     short = _SpliceState(trio.CancelScope(), 0.5, record, 1024)
     assert short.slack == pytest.approx(0.5 / 16)
+
+
+class CountingStream(trio.abc.HalfCloseableStream):
+    """Records every write the TLS stream makes to its transport."""
+
+    def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
+        self.inner = inner
+        self.writes: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_tickets_leave_with_the_first_response(test_ca: Issued) -> None:
+    """RFC 8446 §4.6.1 lets tickets go any time after the client's Finished: ours share the
+    first response's write, and the client still receives every ticket before the data."""
+    leaf = make_leaf(test_ca, ("localhost",))
+    chain = CertificateChain.from_pem(leaf.cert_pem(), leaf.key_pem())
+    config = ServerConfig(
+        CertificateStore([chain]), tickets=2, ticket_keys=TicketKeyring.generate()
+    )
+
+    async def main() -> None:
+        left, right = trio.socket.socketpair()
+        transport = CountingStream(FastSocketStream.wrap(left))
+        server = TLSStream(transport, ServerConnection(config))
+        client_stream = FastSocketStream.wrap(right)
+        client = ClientConnection(ClientConfig(ca_certificates=(test_ca.cert,)), "localhost")
+        client.start()
+        seen: list[events.Event] = []
+        with trio.fail_after(20):
+            await client_stream.send_all(client.data_to_send())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.do_handshake)
+                while not client.handshake_complete:
+                    seen += client.receive_data(await client_stream.receive_some())
+                await client_stream.send_all(client.data_to_send())
+            assert len(transport.writes) == 1  # the server's flight; the tickets wait
+            await server.send_all(b"response")
+            assert len(transport.writes) == 2
+            while not any(isinstance(e, events.ApplicationData) for e in seen):
+                seen += client.receive_data(await client_stream.receive_some())
+        kinds = [type(e) for e in seen if not isinstance(e, events.HandshakeComplete)]
+        assert kinds == [events.NewSessionTicketReceived] * 2 + [events.ApplicationData]
+        await server.aclose()
+        await client_stream.aclose()
+
+    trio.run(main)
