@@ -67,6 +67,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         self._raw = raw
         self._sending = False
         self._streak = 0
+        self._drained = False  # the last read returned less than asked: the socket is empty
 
     @classmethod
     def wrap(cls, sock: trio.socket.SocketType) -> trio.abc.HalfCloseableStream:
@@ -123,6 +124,8 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                 except BlockingIOError:
                     blocked = True
                     self._streak = 0
+                    if raw.fileno() == -1:
+                        raise trio.ClosedResourceError("this socket was already closed") from None
                     await trio.lowlevel.wait_writable(raw)
                 except OSError as exc:
                     raise _stream_error(exc) from exc
@@ -153,27 +156,36 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         await trio.lowlevel.checkpoint_if_cancelled()
-        raw = self._raw
+        if self._drained:
+            # The last read emptied the socket (a request/response exchange): a read now
+            # would almost surely fail with EAGAIN, so wait for data first.
+            self._streak = 0
+            return await self._receive_blocking(max_bytes)
         try:
-            data = raw.recv(max_bytes)
+            data = self._raw.recv(max_bytes)
         except BlockingIOError:
             self._streak = 0
             return await self._receive_blocking(max_bytes)
         except OSError as exc:
             raise _stream_error(exc) from exc
+        self._drained = len(data) < max_bytes
         await self._after_immediate()
         return data
 
     async def _receive_blocking(self, max_bytes: int) -> bytes:
         raw = self._raw
         while True:
+            if raw.fileno() == -1:  # epoll cannot wait on a closed descriptor
+                raise trio.ClosedResourceError("this socket was already closed")
             await trio.lowlevel.wait_readable(raw)
             try:
-                return raw.recv(max_bytes)
+                data = raw.recv(max_bytes)
             except BlockingIOError:
                 continue
             except OSError as exc:
                 raise _stream_error(exc) from exc
+            self._drained = len(data) < max_bytes
+            return data
 
 
 async def connect_tcp(family: int, address: tuple[object, ...]) -> trio.abc.HalfCloseableStream:

@@ -122,6 +122,28 @@ async def test_close_wakes_a_parked_receiver_and_errors_map_like_trio() -> None:
 
 
 @in_trio
+async def test_a_drained_stream_waits_first_and_still_sees_data_close_and_eof() -> None:
+    client, server = await _tcp_pair()
+    await client.send_all(b"ab")
+    assert await _receive_exactly(server, 2) == b"ab"  # less than asked: drained
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def late_sender() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                await client.send_all(b"cd")
+
+            nursery.start_soon(late_sender)
+            assert await server.receive_some(10) == b"cd"  # parked first, then read
+    await client.send_eof()
+    assert await server.receive_some(10) == b""
+    await server.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await server.receive_some(10)  # drained and closed: no raw ValueError from epoll
+    await client.aclose()
+
+
+@in_trio
 async def test_concurrent_senders_are_refused() -> None:
     client, server = await _tcp_pair()
     big = b"y" * (8 << 20)  # cannot fit in the socket buffers: the first sender parks
