@@ -582,7 +582,7 @@ def split_metrics_socket(
     if not settings.metrics.enabled or listen.systemd_name is None:
         return None, list(activated)
     for index, (name, sock) in enumerate(activated):
-        if name == listen.systemd_name or not listen.systemd_name:
+        if name == listen.systemd_name:
             return sock, [item for i, item in enumerate(activated) if i != index]
     raise OSError(f"metrics: systemd passed no socket for {listen}")
 

@@ -361,6 +361,9 @@ def _check_addresses(
         metrics_where.error(
             f"{metrics.listen} is already used by listeners.{seen[str(metrics.listen)]}"
         )
+    if metrics.enabled and metrics.listen.systemd_name == "":
+        # A bare "systemd:" would take whichever socket systemd passed first.
+        metrics_where.error('name the socket: "systemd:NAME" (its FileDescriptorName=)')
 
 
 def _warn_unused_pools(settings: Settings, where: _WhereFactory) -> None:

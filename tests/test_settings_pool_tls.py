@@ -100,3 +100,10 @@ def test_listener_override_below_512_warns_there(ws: Workspace) -> None:
 def test_record_size_limit_out_of_range_is_an_error(ws: Workspace, value: str) -> None:
     problems = ws.errors(MINIMAL + f"\n[tls]\nrecord_size_limit = {value}\n")
     assert find(problems, "tls.record_size_limit")
+
+
+def test_metrics_on_a_systemd_socket_needs_its_name(ws: Workspace) -> None:
+    named = ws.load(MINIMAL.replace("enabled = false", 'listen = "systemd:metrics"'))
+    assert named.metrics.listen.systemd_name == "metrics"
+    problems = ws.errors(MINIMAL.replace("enabled = false", 'listen = "systemd:"'))
+    assert "systemd:NAME" in find(problems, "metrics.listen").message
