@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket as stdlib_socket
+from collections import deque
 from typing import TYPE_CHECKING
 
 import trio
@@ -237,7 +238,8 @@ class TLSStream(trio.abc.HalfCloseableStream):
         # or received) and the warning alerts received (user_canceled).
         self.tls_error: TLSError | None = None
         self.warning_alerts: list[int] = []
-        self._incoming = bytearray()
+        self._incoming: deque[bytes] = deque()  # received plaintext, one entry per record
+        self._incoming_size = 0
         self._held = b""  # post-handshake tickets waiting for our next write
         self._eof = False
         self._send_lock = trio.Lock()
@@ -280,9 +282,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
                     raise trio.ClosedResourceError("stream closed")
                 await self._read_transport()
             if self._incoming:
-                size = len(self._incoming) if max_bytes is None else max_bytes
-                chunk = bytes(self._incoming[:size])
-                del self._incoming[:size]
+                chunk = self._take_incoming(max_bytes)
                 self.bytes_received += len(chunk)
                 return chunk
             if self.clean_close is False:
@@ -290,6 +290,29 @@ class TLSStream(trio.abc.HalfCloseableStream):
             return b""
         finally:
             self._receiving = False
+
+    def _take_incoming(self, max_bytes: int | None) -> bytes:
+        """Up to ``max_bytes`` of buffered plaintext. Record payloads are kept as received and
+        joined once here (a bytearray would copy every byte in, out, and again to bytes)."""
+        incoming = self._incoming
+        if max_bytes is None or self._incoming_size <= max_bytes:
+            data = incoming[0] if len(incoming) == 1 else b"".join(incoming)
+            incoming.clear()
+            self._incoming_size = 0
+            return data
+        parts: list[bytes] = []
+        wanted = max_bytes
+        while wanted:
+            head = incoming[0]
+            if len(head) <= wanted:
+                parts.append(incoming.popleft())
+                wanted -= len(head)
+            else:
+                parts.append(head[:wanted])
+                incoming[0] = head[wanted:]
+                wanted = 0
+        self._incoming_size -= max_bytes
+        return b"".join(parts)
 
     async def _read_transport(self) -> None:
         try:
@@ -329,7 +352,9 @@ class TLSStream(trio.abc.HalfCloseableStream):
     def _handle_events(self, happened: list[events.Event]) -> None:
         for event in happened:
             if isinstance(event, events.ApplicationData):
-                self._incoming += event.data
+                if event.data:
+                    self._incoming.append(event.data)
+                    self._incoming_size += len(event.data)
             elif isinstance(event, events.EarlyData):
                 self.early_data += event.data
             elif isinstance(event, events.HandshakeComplete):

@@ -287,3 +287,22 @@ def test_tickets_leave_with_the_first_response(test_ca: Issued) -> None:
         await client_stream.aclose()
 
     trio.run(main)
+
+
+def test_buffered_plaintext_is_handed_out_in_order_and_within_the_limit(test_ca: Issued) -> None:
+    leaf = make_leaf(test_ca, ("localhost",))
+    chain = CertificateChain.from_pem(leaf.cert_pem(), leaf.key_pem())
+    transport, _ = trio.testing.memory_stream_pair()
+    stream = TLSStream(transport, ServerConnection(ServerConfig(CertificateStore([chain]))))
+    records = [bytes([n]) * size for n, size in enumerate((5, 16384, 1, 700, 3))]
+    stream._handle_events([events.ApplicationData(r) for r in records])
+    got = bytearray()
+    for limit in (3, 4, 16384, 1, 10_000):
+        chunk = stream._take_incoming(limit)
+        assert 0 < len(chunk) <= limit
+        got += chunk
+    got += stream._take_incoming(None)
+    assert got == b"".join(records)
+    assert not stream._incoming and stream._incoming_size == 0
+    stream._handle_events([events.ApplicationData(b"single")])
+    assert stream._take_incoming(65536) == b"single"
