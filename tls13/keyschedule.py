@@ -15,6 +15,8 @@ hash algorithm.
 
 from __future__ import annotations
 
+import functools
+
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
@@ -44,22 +46,26 @@ def hkdf_extract(hash: hashes.HashAlgorithm, salt: bytes, ikm: bytes) -> bytes:
     return HKDF.extract(hash, salt or bytes(hash.digest_size), ikm)
 
 
+@functools.lru_cache(maxsize=128)
+def _label_head(label: bytes, length: int) -> bytes:
+    """HkdfLabel up to its context: uint16 length || opaque label<7..255> (§7.1).
+
+    The handful of (label, length) pairs a connection uses repeat on every handshake."""
+    if len(label) > _MAX_LABEL:
+        raise ValueError("HKDF label too long")
+    if not 0 < length <= 0xFFFF:
+        raise ValueError("HKDF length out of range")
+    full_label = _LABEL_PREFIX + label
+    return length.to_bytes(2, "big") + bytes((len(full_label),)) + full_label
+
+
 def hkdf_expand_label(
     hash: hashes.HashAlgorithm, secret: bytes, label: bytes, context: bytes, length: int
 ) -> bytes:
     """HKDF-Expand-Label (§7.1): the HkdfLabel structure as ``info``."""
-    if len(label) > _MAX_LABEL:
-        raise ValueError("HKDF label too long")
-    full_label = _LABEL_PREFIX + label
-    if len(context) > 255 or not 0 < length <= 0xFFFF:
-        raise ValueError("HKDF context or length out of range")
-    info = (
-        length.to_bytes(2, "big")
-        + bytes((len(full_label),))
-        + full_label
-        + bytes((len(context),))
-        + context
-    )
+    if len(context) > 255:
+        raise ValueError("HKDF context out of range")
+    info = _label_head(bytes(label), length) + bytes((len(context),)) + context
     return HKDFExpand(hash, length, info).derive(secret)
 
 
