@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
 CLOSE_GRACE = 1.0
+# How long post-handshake tickets may wait for our next write while the client is silent.
+TICKET_HOLD = 0.05
 # Successive socket operations that completed without blocking before one yields anyway,
 # so a connection with data always ready (a bulk transfer) cannot starve the others.
 FAIR_STREAK = 8
@@ -314,9 +316,21 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._incoming_size -= max_bytes
         return b"".join(parts)
 
+    async def _receive_wire(self) -> bytes:
+        """Read the transport. While tickets are held, wait for the client at most
+        TICKET_HOLD before sending them: a client that waits for us (a ticket probe, a
+        protocol where the server speaks first) gets them without our next write."""
+        if not self._held:
+            return await self.transport.receive_some(READ_SIZE)
+        with trio.move_on_after(TICKET_HOLD):
+            return await self.transport.receive_some(READ_SIZE)  # cancel-safe: nothing read
+        if self._held:
+            await self._locked_send(b"")
+        return await self.transport.receive_some(READ_SIZE)
+
     async def _read_transport(self) -> None:
         try:
-            data = await self.transport.receive_some(READ_SIZE)
+            data = await self._receive_wire()
             self.wire_received += len(data)
         except trio.BrokenResourceError as exc:
             self._eof, self.clean_close = True, False

@@ -306,3 +306,36 @@ def test_buffered_plaintext_is_handed_out_in_order_and_within_the_limit(test_ca:
     assert not stream._incoming and stream._incoming_size == 0
     stream._handle_events([events.ApplicationData(b"single")])
     assert stream._take_incoming(65536) == b"single"
+
+
+def test_a_silent_client_still_gets_its_tickets(test_ca: Issued) -> None:
+    """Held tickets do not wait for a response that may never come: a client that sends
+    nothing after its Finished (a ticket probe, a server-speaks-first protocol) gets them."""
+    leaf = make_leaf(test_ca, ("localhost",))
+    chain = CertificateChain.from_pem(leaf.cert_pem(), leaf.key_pem())
+    config = ServerConfig(
+        CertificateStore([chain]), tickets=2, ticket_keys=TicketKeyring.generate()
+    )
+
+    async def main() -> None:
+        left, right = trio.socket.socketpair()
+        server = TLSStream(FastSocketStream.wrap(left), ServerConnection(config))
+        client_stream = FastSocketStream.wrap(right)
+        client = ClientConnection(ClientConfig(ca_certificates=(test_ca.cert,)), "localhost")
+        client.start()
+        seen: list[events.Event] = []
+        with trio.fail_after(20):
+            await client_stream.send_all(client.data_to_send())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.receive_some)  # the upstream pump, waiting
+                while not client.handshake_complete:
+                    seen += client.receive_data(await client_stream.receive_some())
+                await client_stream.send_all(client.data_to_send())
+                while sum(isinstance(e, events.NewSessionTicketReceived) for e in seen) < 2:
+                    seen += client.receive_data(await client_stream.receive_some())
+                client.send_data(b"bye")
+                await client_stream.send_all(client.data_to_send())
+        await server.aclose()
+        await client_stream.aclose()
+
+    trio.run(main)
