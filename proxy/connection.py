@@ -233,9 +233,15 @@ async def handle_connection(
         log.exception("connection from %s failed unexpectedly", record.client_address)
     finally:
         record.duration = time.monotonic() - record.started_monotonic
-        with trio.CancelScope(shield=True):
-            await transport.aclose()
+        if _still_open(transport):  # usually the TLS stream closed it already
+            with trio.CancelScope(shield=True):
+                await transport.aclose()
         runtime.observer.connection_finished(record)
+
+
+def _still_open(transport: trio.abc.Stream) -> bool:
+    sock = getattr(transport, "socket", None)
+    return sock is None or sock.fileno() != -1
 
 
 async def _serve(
