@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket as stdlib_socket
-from collections import deque
 from typing import TYPE_CHECKING
 
 import trio
@@ -240,7 +239,9 @@ class TLSStream(trio.abc.HalfCloseableStream):
         # or received) and the warning alerts received (user_canceled).
         self.tls_error: TLSError | None = None
         self.warning_alerts: list[int] = []
-        self._incoming: deque[bytes] = deque()  # received plaintext, one entry per record
+        # Received plaintext, one entry per record (a list: a deque costs 700 bytes more per
+        # idle connection, and a read rarely holds more than a few records).
+        self._incoming: list[bytes] = []
         self._incoming_size = 0
         self._held = b""  # post-handshake tickets waiting for our next write
         self._eof = False
@@ -307,7 +308,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         while wanted:
             head = incoming[0]
             if len(head) <= wanted:
-                parts.append(incoming.popleft())
+                parts.append(incoming.pop(0))
                 wanted -= len(head)
             else:
                 parts.append(head[:wanted])
