@@ -64,6 +64,8 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
     sets it on backend sockets itself.  Build it with :meth:`wrap`.
     """
 
+    __slots__ = ("socket", "_raw", "_sending", "_streak", "_drained")  # held per connection
+
     def __init__(self, sock: trio.socket.SocketType, raw: stdlib_socket.socket) -> None:
         self.socket = sock
         self._raw = raw
