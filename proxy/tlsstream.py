@@ -66,21 +66,26 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
 
     __slots__ = ("socket", "_raw", "_sending", "_streak", "_drained")  # held per connection
 
-    def __init__(self, sock: trio.socket.SocketType, raw: stdlib_socket.socket) -> None:
+    def __init__(
+        self, sock: trio.socket.SocketType, raw: stdlib_socket.socket, drained: bool = False
+    ) -> None:
         self.socket = sock
         self._raw = raw
         self._sending = False
         self._streak = 0
-        self._drained = False  # the last read returned less than asked: the socket is empty
+        self._drained = drained  # the last read returned less than asked: the socket is empty
 
     @classmethod
-    def wrap(cls, sock: trio.socket.SocketType) -> trio.abc.HalfCloseableStream:
+    def wrap(
+        cls, sock: trio.socket.SocketType, *, drained: bool = False
+    ) -> trio.abc.HalfCloseableStream:
         """The fast stream over ``sock`` (a connected TCP socket), or trio's own stream when
-        the trio socket does not expose its standard-library socket."""
+        the trio socket does not expose its standard-library socket. ``drained``: nothing
+        can have arrived yet (a connection we just opened), so the first read waits first."""
         raw = getattr(sock, "_sock", None)  # trio's socket wrapper keeps the stdlib socket
         if not isinstance(raw, stdlib_socket.socket):
             return trio.SocketStream(sock)
-        return cls(sock, raw)
+        return cls(sock, raw, drained)
 
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         self.socket.setsockopt(level, option, value)
@@ -202,7 +207,7 @@ async def connect_tcp(family: int, address: tuple[object, ...]) -> trio.abc.Half
     except BaseException:
         sock.close()
         raise
-    return FastSocketStream.wrap(sock)
+    return FastSocketStream.wrap(sock, drained=True)  # the peer has had no time to speak
 
 
 class TLSStreamError(trio.BrokenResourceError):
