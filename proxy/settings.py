@@ -186,6 +186,12 @@ class GlobalSettings:
         "info", Choice("debug", "info", "warning", "error"), "Least severe log level written."
     )
     access_log: bool = setting(True, Bool(), "Write one access log line per connection.")
+    ocsp_refresh_interval: float = setting(
+        60.0,
+        Duration(1.0),
+        "How often each certificate's `ocsp` file is checked (mtime, size, inode); a changed, "
+        "valid response is stapled on new connections without a reload.",
+    )
 
 
 @dataclass(frozen=True)
@@ -322,7 +328,10 @@ class CertificateSettings:
     )
     key: Path | None = setting(None, Optional(PathValue()), "PEM private key (unencrypted).")
     ocsp: Path | None = setting(
-        None, Optional(PathValue()), "DER OCSP response to staple (refreshed on reload)."
+        None,
+        Optional(PathValue()),
+        "DER OCSP response to staple when asked (status_request); re-read when it changes "
+        "(global.ocsp_refresh_interval) and on reload.",
     )
     names: tuple[str, ...] = setting(
         (),
