@@ -146,10 +146,10 @@ class _PublicOnly:
 
     sign = exchange = decrypt = private_numbers = private_bytes = _unavailable
 
-    def __copy__(self) -> _PublicOnly:
+    def __copy__(self) -> Any:
         return self
 
-    def __deepcopy__(self, memo: dict[int, object]) -> _PublicOnly:
+    def __deepcopy__(self, memo: dict[Any, Any]) -> Any:
         return self
 
 
@@ -166,13 +166,13 @@ class _PublicOnlyRsaKey(_PublicOnly, rsa.RSAPrivateKey):
 def _trace_chain(role: str) -> CertificateChain:
     leaf = _leaf(role)
     public = leaf.public_key()
-    key: _PublicOnly
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
     if isinstance(public, ec.EllipticCurvePublicKey):
         key = _PublicOnlyEcKey(public)
     else:
         assert isinstance(public, rsa.RSAPublicKey)
         key = _PublicOnlyRsaKey(public)
-    return CertificateChain((leaf,), key)  # type: ignore[arg-type]
+    return CertificateChain((leaf,), key)
 
 
 @dataclass
