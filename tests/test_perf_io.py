@@ -12,7 +12,7 @@ import trio.testing
 from certs import Issued, make_leaf
 
 from proxy.connection import ConnectionRecord, _SpliceState
-from proxy.listener import _address, _fixed_local_address, _set_nodelay
+from proxy.listener import _Acceptor, _address, _fixed_local_address, _set_nodelay
 from proxy.tlsstream import FAIR_STREAK, FastSocketStream, TLSStream, connect_tcp
 from tls13 import (
     CertificateChain,
@@ -339,3 +339,35 @@ def test_a_silent_client_still_gets_its_tickets(test_ca: Issued) -> None:
         await client_stream.aclose()
 
     trio.run(main)
+
+
+@in_trio
+async def test_acceptor_drains_a_burst_and_parks_when_empty() -> None:
+    listener = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    acceptor = _Acceptor(listener)
+    assert acceptor.raw is not None
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(3 * FAIR_STREAK)]
+    try:
+        with trio.fail_after(10):
+            ports = set()
+            for _ in clients:
+                conn, peer = await acceptor.accept()
+                assert isinstance(conn, trio.socket.SocketType)
+                ports.add(_address(peer))
+                conn.close()
+            assert ports == {_address(c.getsockname()) for c in clients}
+            async with trio.open_nursery() as nursery:
+
+                async def late_client() -> None:
+                    await trio.testing.wait_all_tasks_blocked()
+                    clients.append(socket.create_connection(listener.getsockname()))
+
+                nursery.start_soon(late_client)
+                conn, _ = await acceptor.accept()  # nothing queued: parks, then accepts
+                conn.close()
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()
