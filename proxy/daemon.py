@@ -13,10 +13,12 @@ running keep the generation they started with.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,6 +45,7 @@ from proxy.settings import (
     reload_settings,
 )
 from proxy.tlsconfig import (
+    OcspWatcher,
     TLSTerminator,
     build_server_config,
     generated_keys_enabled,
@@ -52,7 +55,7 @@ from proxy.tlsconfig import (
     take_early_data_refusal,
     tickets_enabled,
 )
-from tls13 import TicketKeyring
+from tls13 import CertificateChain, TicketKeyring
 
 if TYPE_CHECKING:  # the strike register type only; the engine makes the objects
     from tls13.tickets import ReplayRegister
@@ -238,6 +241,8 @@ class Generation:
     health: list[HealthChecker]
     # Expiry and OCSP staple dates of every configured certificate, published when installed.
     certificates: dict[str, metrics.CertificateTimes] = field(default_factory=dict)
+    # The loaded chains by certificate name (an OCSP refresh replaces one).
+    chains: dict[str, CertificateChain] = field(default_factory=dict)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def replay_register(self, listener: str) -> ReplayRegister | None:
@@ -292,7 +297,7 @@ def build_generation(
         if p.health.enabled
     ]
     certificates = {name: metrics.chain_times(chain) for name, chain in chains.items()}
-    return Generation(settings, pools, runtimes, health, certificates)
+    return Generation(settings, pools, runtimes, health, certificates, chains)
 
 
 class ReportingHealthChecker(HealthChecker):
@@ -345,6 +350,8 @@ class ProxyProcess:
     # Workers: the 0-RTT strike register all workers share (else one per listener).
     shared_replay: ReplayRegister | None = None
     generation: Generation | None = None
+    # The current generation's OCSP files (the single process also reports staleness).
+    ocsp: OcspWatcher | None = None
     _accept_scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
     _listeners: dict[str, Listener] = field(default_factory=dict)
 
@@ -394,6 +401,7 @@ class ProxyProcess:
         for name, sockets in self.sockets.items():
             self._start_listener(name, sockets)
         root.start_soon(self._signals, signals)
+        root.start_soon(self._refresh_ocsp)
         if self.can_bind:  # the only process: watchdog and key rotation are ours
             root.start_soon(systemd.watchdog_loop)
             root.start_soon(self._rotate_ticket_keys)
@@ -440,7 +448,58 @@ class ProxyProcess:
             old.scope.cancel()
         # Only now: a reload rejected after building must not publish its certificates.
         metrics.set_certificates(generation.certificates)
+        self.ocsp = OcspWatcher(
+            generation.settings, generation.chains, report=self.can_bind, previous=self.ocsp
+        )
+        self.ocsp.publish(time.time())
         self._root.start_soon(_run_health, generation)
+
+    async def _refresh_ocsp(self) -> None:
+        """Every ``ocsp_refresh_interval``: swap in changed OCSP files, report staleness."""
+        while True:
+            await trio.sleep(self.settings.global_.ocsp_refresh_interval)
+            self.refresh_ocsp()
+
+    def refresh_ocsp(self) -> None:
+        """One OCSP check: a changed, valid response is stapled from the next connection on
+        (connections already running keep their config, as with a reload)."""
+        watcher, generation = self.ocsp, self.generation
+        if watcher is None or generation is None:
+            return
+        changed = watcher.refresh()
+        if changed and not self._restaple(generation, watcher.chains):
+            watcher.revert(changed, generation.chains)
+        watcher.publish(time.time())
+
+    def _restaple(self, generation: Generation, chains: dict[str, CertificateChain]) -> bool:
+        """Rebuild the generation's TLS configs around ``chains``, as a reload would, and
+        swap them in; pools, health checks and routes stay as they are."""
+        listeners = {item.name: item for item in generation.settings.listeners}
+        try:
+            runtimes = {
+                name: dataclasses.replace(
+                    runtime,
+                    terminator=TLSTerminator(
+                        build_server_config(
+                            generation.settings,
+                            listeners[name],
+                            self.ticket_keys,
+                            runtime.routes,
+                            chains,
+                            self.shared_replay or generation.replay_register(name),
+                        )
+                    ),
+                )
+                for name, runtime in generation.runtimes.items()
+            }
+        except RELOAD_ERRORS as exc:
+            log.error("new OCSP response not installed; the previous one stays: %s", exc)
+            return False
+        generation.runtimes.update(runtimes)
+        generation.chains = dict(chains)
+        generation.certificates = {name: metrics.chain_times(c) for name, c in chains.items()}
+        metrics.set_certificates(generation.certificates)
+        return True
 
     def _start_listener(self, name: str, sockets: list[socket.socket]) -> None:
         getter = partial(self.runtime_for, name)

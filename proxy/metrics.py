@@ -349,6 +349,16 @@ class _Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        # Set by one process only (the single process, or the workers' parent), which also
+        # logs the transition: "mostrecent" is its latest verdict.
+        self.ocsp_staple_stale = Gauge(
+            f"{PREFIX}ocsp_staple_stale",
+            "1 when a certificate's configured OCSP response is past nextUpdate or unusable "
+            "(so it is not stapled), else 0.",
+            ["certificate"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self.worker_processes = Gauge(
             f"{PREFIX}worker_processes",
             "Worker processes currently running.",
@@ -775,6 +785,21 @@ def set_certificates(certificates: Mapping[str, CertificateTimes]) -> None:
     _certificates_seen.update(current)
 
 
+_staple_states_seen: set[str] = set()
+
+
+def set_ocsp_staple_states(stale: Mapping[str, bool]) -> None:
+    """Publish, per certificate with an ``ocsp`` file, whether its response is stale
+    (replacing the set: certificates no longer configured are retired)."""
+    current = {_config_name(name): is_stale for name, is_stale in stale.items()}
+    for name, is_stale in current.items():
+        M.ocsp_staple_stale.labels(name).set(1 if is_stale else 0)
+    for gone in _staple_states_seen - current.keys():
+        _retire_series(M.ocsp_staple_stale, gone)
+    _staple_states_seen.clear()
+    _staple_states_seen.update(current)
+
+
 def certificate_times(
     certificate: x509.Certificate, ocsp_produced_at: datetime | None = None
 ) -> CertificateTimes:
@@ -856,6 +881,7 @@ def setup_multiprocess(directory: str | os.PathLike[str]) -> Path:
     _multiprocess_owner = os.getpid()
     values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
     _certificates_seen.clear()
+    _staple_states_seen.clear()
     M._build()
     return path
 

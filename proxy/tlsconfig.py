@@ -19,8 +19,11 @@ from typing import IO, TYPE_CHECKING, Protocol, cast
 
 import trio
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509 import ocsp
 
-from proxy import selfsigned
+from proxy import metrics, selfsigned
 from proxy.connection import EarlyDataHandler, Established, SessionInfo
 from proxy.routing import Route, RouteTable, table_for_listener
 from proxy.settings import (
@@ -387,3 +390,163 @@ def adopt_keys(keyring: TicketKeyring, text: str) -> None:
 
 TICKET_NAME_LENGTH = 16
 TICKET_RECORD_LENGTH = 48
+
+
+# -- OCSP staples: refreshed from their files, staleness reported --------------------------
+
+FileSignature = tuple[int, int, int]  # (mtime_ns, size, inode): "has the file changed?"
+
+
+def _signature(path: Path) -> FileSignature:
+    info = path.stat()
+    return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+
+def ocsp_problem(response: bytes, leaf: x509.Certificate) -> str | None:
+    """Why ``response`` cannot be this leaf's OCSP response, or None if it can.
+
+    A stale response is still *valid* here (it replaces the old one and is reported
+    stale); what fails is anything the engine would never staple: not DER, not
+    successful (RFC 6960 §4.2.1), or about another certificate (serial and issuer name).
+    """
+    try:
+        parsed = ocsp.load_der_ocsp_response(response)
+    except ValueError:
+        return "not a DER-encoded OCSP response"
+    if parsed.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+        return f"OCSP response status is {parsed.response_status.name}"
+    try:
+        serial, name_hash = parsed.serial_number, parsed.issuer_name_hash
+        digest = hashes.Hash(parsed.hash_algorithm)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        return f"unusable OCSP response: {exc}"
+    digest.update(leaf.issuer.public_bytes())
+    if serial != leaf.serial_number or digest.finalize() != name_hash:
+        return "the OCSP response is about another certificate"
+    return None
+
+
+def next_update_text(response: bytes | None) -> str:
+    """The response's nextUpdate for log lines ("none" when absent or unparsable)."""
+    try:
+        moment = ocsp.load_der_ocsp_response(response or b"").next_update_utc
+    except ValueError:
+        return "none"
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment is not None else "none"
+
+
+def why_not_stapled(chain: CertificateChain) -> str:
+    """For the log line when a certificate stops being stapled: stale, or what is wrong."""
+    response = chain.ocsp_response
+    if not response:
+        return "the OCSP response is empty"
+    problem = ocsp_problem(response, chain.leaf)
+    if problem is not None:
+        return problem
+    return f"the OCSP response is past its nextUpdate {next_update_text(response)}"
+
+
+class OcspWatcher:
+    """Each configured ``ocsp`` file of one generation: swapped in when it changes, and
+    judged stale or not.
+
+    ``refresh()`` stats every file; one whose (mtime, size, inode) changed is read and, if
+    it is a usable response for the leaf, replaces that certificate's chain in ``chains``
+    (the caller rebuilds the TLS configs for new connections). An unreadable or invalid
+    file is logged once per distinct problem and the previous response stays. ``publish``
+    sets ``tls13proxy_ocsp_staple_stale`` and logs one WARNING when a certificate's
+    staple becomes stale. With ``report=False`` (a worker, whose parent reports) nothing
+    is published and file problems are logged at DEBUG only.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        chains: dict[str, CertificateChain],
+        report: bool = True,
+        previous: OcspWatcher | None = None,
+    ) -> None:
+        self.chains = dict(chains)
+        self.report = report
+        self.paths = {
+            cert.name: cert.ocsp
+            for cert in settings.certificates
+            if cert.ocsp is not None and cert.name in chains
+        }
+        # None until the first refresh compares the file with what the load read.
+        self._signatures: dict[str, FileSignature | None] = dict.fromkeys(self.paths)
+        self._problems: dict[str, str] = {}
+        # Across a reload a certificate that was already stale is not announced again.
+        self._stale: dict[str, bool] = dict(previous._stale) if previous is not None else {}
+
+    def refresh(self) -> list[str]:
+        """Re-read changed files; the names whose chain was replaced."""
+        return [name for name, path in self.paths.items() if self._refresh_one(name, path)]
+
+    def _refresh_one(self, name: str, path: Path) -> bool:
+        try:
+            signature = _signature(path)
+            if signature == self._signatures[name]:
+                return False
+            data = path.read_bytes()
+        except OSError as exc:
+            self._problem(name, f"cannot read {path}: {exc.strerror or exc}")
+            return False
+        self._signatures[name] = signature
+        chain = self.chains[name]
+        if data == chain.ocsp_response:
+            self._problems.pop(name, None)
+            return False
+        problem = ocsp_problem(data, chain.leaf)
+        if problem is not None:
+            self._problem(name, f"{path}: {problem}")
+            return False
+        self._problems.pop(name, None)
+        self.chains[name] = CertificateChain(chain.certificates, chain.private_key, data)
+        log.log(
+            logging.INFO if self.report else logging.DEBUG,
+            "certificate %s: new OCSP response from %s (nextUpdate %s)",
+            name,
+            path,
+            next_update_text(data),
+        )
+        return True
+
+    def revert(self, names: list[str], chains: dict[str, CertificateChain]) -> None:
+        """The caller could not install ``names``' new chains: back to ``chains`` (what is
+        served), and read those files again at the next refresh."""
+        for name in names:
+            self.chains[name] = chains[name]
+            self._signatures[name] = None
+
+    def _problem(self, name: str, message: str) -> None:
+        if self._problems.get(name) == message:
+            return
+        self._problems[name] = message
+        log.log(
+            logging.WARNING if self.report else logging.DEBUG,
+            "certificate %s: OCSP file not used, the previous response stays: %s",
+            name,
+            message,
+        )
+
+    def stale(self, now: float) -> dict[str, bool]:
+        """Per watched certificate: True when nothing would be stapled at ``now``."""
+        return {name: self.chains[name].ocsp_staple(now) is None for name in self.paths}
+
+    def publish(self, now: float) -> None:
+        """Gauge and transition log lines (only when this process reports)."""
+        if not self.report:
+            return
+        verdicts = self.stale(now)
+        for name, stale in verdicts.items():
+            if stale and not self._stale.get(name, False):
+                log.warning(
+                    "certificate %s: %s; not stapling it",
+                    name,
+                    why_not_stapled(self.chains[name]),
+                )
+            elif not stale and self._stale.get(name, False):
+                log.info("certificate %s: OCSP response is fresh again; stapling it", name)
+        self._stale = verdicts
+        metrics.set_ocsp_staple_states(verdicts)

@@ -61,6 +61,7 @@ from proxy.daemon import (
 )
 from proxy.settings import ConfigError, Settings, embedded_default, load_settings, reload_settings
 from proxy.tlsconfig import (
+    OcspWatcher,
     adopt_keys,
     generated_keys_enabled,
     keyring_from_text,
@@ -68,7 +69,7 @@ from proxy.tlsconfig import (
     load_chains,
     make_keyring,
 )
-from tls13 import TicketKeyring
+from tls13 import CertificateChain, TicketKeyring
 
 if TYPE_CHECKING:  # the engine's register type, for annotations only
     from tls13.tickets import ReplayRegister
@@ -196,6 +197,19 @@ class Supervisor:
     control_lock: trio.Lock = field(default_factory=trio.Lock)
     # READY=1 went out for the current set of slots (reset when a new generation starts).
     announced_ready: bool = False
+    # The parent's view of the OCSP files: it alone reports staleness (gauge, log line);
+    # each worker watches the same files to swap its own staples.
+    ocsp: OcspWatcher | None = None
+
+    def watch_ocsp(self, settings: Settings, chains: dict[str, CertificateChain]) -> None:
+        """Follow the OCSP files of ``settings`` (just loaded as ``chains``) and report."""
+        self.ocsp = OcspWatcher(settings, chains, previous=self.ocsp)
+        self.ocsp.publish(time.time())
+
+    def refresh_ocsp(self) -> None:
+        if self.ocsp is not None:
+            self.ocsp.refresh()
+            self.ocsp.publish(time.time())
 
     def bootstrap(self, slot: WorkerSlot, report_fd: int) -> tuple[bytes, list[int]]:
         """The first control line for a worker and the descriptors it inherits."""
@@ -362,6 +376,7 @@ async def supervise_async(supervisor: Supervisor, early_signals: Sequence[int] =
             nursery.start_soon(partial(systemd.watchdog_loop, healthy=supervisor.healthy))
             nursery.start_soon(_rotate_keys, supervisor)
             nursery.start_soon(_report_status, supervisor)
+            nursery.start_soon(_refresh_ocsp, supervisor)
             for signum in early_signals:  # sent while we were starting up
                 if not await _on_signal(supervisor, nursery, signum):
                     break
@@ -382,6 +397,13 @@ async def _report_status(supervisor: Supervisor) -> None:
         if status != last and supervisor.announced_ready:
             systemd.notify_status(status)
             last = status
+
+
+async def _refresh_ocsp(supervisor: Supervisor) -> None:
+    """Every ``ocsp_refresh_interval``, as each worker does: the parent's report."""
+    while True:
+        await trio.sleep(supervisor.settings.global_.ocsp_refresh_interval)
+        supervisor.refresh_ocsp()
 
 
 async def _on_signal(supervisor: Supervisor, nursery: trio.Nursery, signum: int) -> bool:
@@ -414,13 +436,14 @@ async def _reload(supervisor: Supervisor, nursery: trio.Nursery) -> None:
     systemd.notify_reloading("validating configuration")
     try:
         new = _load_next(supervisor)
-        load_chains(new)
+        chains = load_chains(new)
         if listener_shape(new) == listener_shape(supervisor.settings):
             supervisor.settings = new
             supervisor.signal_workers(signal.SIGHUP)
             log.info("configuration valid; workers reload in place")
         else:
             _replace_generation(supervisor, new, nursery)
+        supervisor.watch_ocsp(new, chains)
     except (ConfigError, OSError, ValueError) as exc:
         log.error("configuration reload rejected; workers keep the running one: %s", exc)
         metrics.config_reloaded(False)
@@ -489,7 +512,7 @@ def supervise(
     settings: Settings, config_path: Path | None, early_signals: Sequence[int] = ()
 ) -> int:
     """Parent entry: bind, start workers, supervise until stopped."""
-    load_chains(settings)  # fail here, clearly, rather than in every worker in a loop
+    chains = load_chains(settings)  # fail here, clearly, rather than in every worker in a loop
     metrics_socket, activated = split_metrics_socket(settings, activated_sockets())
     slots = make_slots(settings, settings.global_.workers, activated)
     metrics_dir = tempfile.mkdtemp(prefix="tls13-proxy-metrics-")
@@ -498,6 +521,7 @@ def supervise(
     supervisor = Supervisor(settings, config_path, make_keyring(settings), slots)
     supervisor.replay = SharedReplayRegister.create()
     metrics.config_loaded()
+    supervisor.watch_ocsp(settings, chains)
     try:
         trio.run(supervise_async, supervisor, early_signals)
     finally:

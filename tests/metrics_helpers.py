@@ -229,6 +229,7 @@ def drive_everything() -> None:
             "legacy": metrics.CertificateTimes(now + datetime.timedelta(days=3)),
         }
     )
+    metrics.set_ocsp_staple_states({"main": False, "legacy": True})
     metrics.worker_restarted()
 
 

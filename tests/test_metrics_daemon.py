@@ -325,6 +325,9 @@ def _expectations(proxy: Proxy) -> dict[str, Check]:
         "OCSP staple age": lambda seen: (
             0 < (seen.value(f"{p}ocsp_staple_age_seconds", certificate="site") or 0) < WAIT + 240
         ),
+        "OCSP staple fresh": lambda seen: (
+            seen.value(f"{p}ocsp_staple_stale", certificate="site") == 0
+        ),
         "reload failure": lambda seen: seen.total(f"{p}config_reload_failures_total") == 1,
         "reloads": lambda seen: seen.total(f"{p}config_reloads_total") == 2,
         "worker restarted": lambda seen: seen.total(f"{p}worker_restarts_total") == 1,
@@ -341,6 +344,8 @@ def _moved(seen: Exposition, described: metrics.MetricDescription) -> bool:
         # Back to 0 by now (the broken reload; every connection closed): the test saw
         # them at 1 earlier.
         return seen.value(name) is not None or seen.total(name) == 0
+    if name.endswith("_ocsp_staple_stale"):
+        return seen.value(name, certificate="site") == 0  # 1 only when stale (test_ocsp_daemon)
     return seen.total(name) > 0
 
 
