@@ -149,20 +149,35 @@ def test_alpn_and_sni(pki: dict[str, Any]) -> None:
     assert hello.server_name == "localhost" and hello.alpn_protocols == ("http/1.1", "h2")
 
 
-def test_no_common_alpn_is_fine_unless_required(pki: dict[str, Any]) -> None:
-    _, _, client_events, _ = _connect(
-        _client_config(pki), _server_config(pki, alpn_protocols=("h2",)), alpn=("http/1.1",)
-    )
-    assert _complete(client_events).alpn_protocol is None
+@pytest.mark.parametrize("required", [False, True])
+def test_no_common_alpn_is_no_application_protocol(pki: dict[str, Any], required: bool) -> None:
+    # RFC 7301 §3.2: an ALPN offer we share nothing with is fatal, alpn_required or not.
     with pytest.raises(TLSError) as err:
         _connect(
             _client_config(pki),
-            _server_config(pki, alpn_protocols=("h2",), alpn_required=True),
+            _server_config(pki, alpn_protocols=("h2",), alpn_required=required),
             alpn=("http/1.1",),
         )
     assert err.value.alert is AlertDescription.no_application_protocol
     peer_error = getattr(err.value, "peer_error", None)
     assert peer_error is not None and peer_error.sent_by_peer
+
+
+def test_no_alpn_offer_is_fine_unless_required(pki: dict[str, Any]) -> None:
+    _, _, client_events, _ = _connect(
+        _client_config(pki), _server_config(pki, alpn_protocols=("h2",))
+    )
+    assert _complete(client_events).alpn_protocol is None
+    with pytest.raises(TLSError) as err:
+        _connect(
+            _client_config(pki), _server_config(pki, alpn_protocols=("h2",), alpn_required=True)
+        )
+    assert err.value.alert is AlertDescription.no_application_protocol
+
+
+def test_alpn_offer_is_ignored_without_a_list_of_ours(pki: dict[str, Any]) -> None:
+    _, _, client_events, _ = _connect(_client_config(pki), _server_config(pki), alpn=("x",))
+    assert _complete(client_events).alpn_protocol is None
 
 
 def test_unknown_ca_is_rejected(pki: dict[str, Any]) -> None:

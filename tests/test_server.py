@@ -408,9 +408,13 @@ def test_alpn_required_without_overlap(make_config: Callable[..., ServerConfig])
     expect_alert(conn, client.hello_record(), AlertDescription.no_application_protocol)
 
 
-def test_alpn_without_overlap_is_tolerated(make_config: Callable[..., ServerConfig]) -> None:
+def test_alpn_without_overlap_is_no_application_protocol(
+    make_config: Callable[..., ServerConfig],
+) -> None:
+    # RFC 7301 §3.2 (review R4): fatal even when alpn_required is off.
     conn = ServerConnection(make_config(alpn_protocols=("h2",)))
-    assert handshake(conn, MiniClient(alpn=("spdy/3",))).alpn_protocol is None
+    client = MiniClient(alpn=("spdy/3",))
+    expect_alert(conn, client.hello_record(), AlertDescription.no_application_protocol)
 
 
 def test_client_without_alpn_is_tolerated(make_config: Callable[..., ServerConfig]) -> None:

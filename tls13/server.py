@@ -776,16 +776,22 @@ class ServerConnection(Connection):
         return chain, scheme
 
     def _select_alpn(self, hello: ClientHello) -> str | None:
-        """RFC 7301 §3.2: our most preferred protocol that the client offers."""
+        """RFC 7301 §3.2: our most preferred protocol that the client offers.
+
+        A client offering only protocols we do not speak gets no_application_protocol
+        ("SHALL respond with a fatal ... alert"); ``alpn_required`` additionally refuses
+        clients that offer no ALPN at all. Without a list of ours ALPN is ignored.
+        """
         offered = hello.alpn_protocols()
         ours = self._config.alpn_protocols
-        if offered is not None and ours:
-            for protocol in ours:
-                if protocol in offered:
-                    return protocol
-        if self._config.alpn_required:
-            raise TLSError(AlertDescription.no_application_protocol, "no common ALPN protocol")
-        return None
+        if offered is None or not ours:
+            if self._config.alpn_required:
+                raise TLSError(AlertDescription.no_application_protocol, "client sent no ALPN")
+            return None
+        for protocol in ours:
+            if protocol in offered:
+                return protocol
+        raise TLSError(AlertDescription.no_application_protocol, "no common ALPN protocol")
 
     def _start_handshake_keys(self, shared: bytes | None) -> None:
         assert self._transcript is not None and self._key_schedule is not None
