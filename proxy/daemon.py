@@ -9,6 +9,11 @@ from disk), route tables, backend pools and their health checks. SIGHUP builds t
 generation completely before swapping it in, so an invalid configuration or an unreadable key
 is rejected (logged, counted) while the old generation keeps serving; connections already
 running keep the generation they started with.
+
+Between reloads, each certificate's OCSP file is checked every ``ocsp_refresh_interval``: a
+changed, valid response rebuilds only the TLS configs of the current generation
+(:meth:`ProxyProcess.refresh_ocsp`). The single process also reports stale staples (gauge,
+one log line); with workers their parent does (``proxy.workers``).
 """
 
 from __future__ import annotations

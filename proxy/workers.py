@@ -14,6 +14,9 @@ are the same, SIGHUP is relayed and each worker reloads in place (established co
 stay). If addresses changed, a new generation of workers starts on new sockets and the old
 one drains. SIGTERM/SIGINT are relayed; the parent waits for the workers to drain.
 
+OCSP files: every worker re-reads changed ones itself (as a single process does); the parent
+follows the same files only to report staleness once (gauge and log line) for all of them.
+
 The control channel to a worker is its stdin: one JSON line to start (configuration path,
 state dir, socket descriptors, ticket keys), later lines with fresh ticket keys. EOF on it
 means the parent is gone, and the worker drains and exits.
