@@ -163,14 +163,30 @@ def _sni(*entries: tuple[int, bytes]) -> bytes:
         (_sni((0, b"with space")), AlertDescription.illegal_parameter),
         (_sni((0, b"x" * 64 + b".example")), AlertDescription.illegal_parameter),
         (_sni((0, b"a." * 127 + b"ab")), AlertDescription.illegal_parameter),
-        # RFC 6066 §3: IP address literals are not host names.
-        (_sni((0, b"192.0.2.1")), AlertDescription.illegal_parameter),
-        (_sni((0, b"192.0.2.1.")), AlertDescription.illegal_parameter),
-        (_sni((0, b"::1")), AlertDescription.illegal_parameter),
+        # An IP literal is only ignored when it is well formed.
+        (_sni((0, b"192.0.2.1"), (0, b"a.example")), AlertDescription.decode_error),
+        (_sni((0, b"::g")), AlertDescription.illegal_parameter),
     ],
 )
 def test_server_name_rejections(body: bytes, alert: AlertDescription) -> None:
     _fails(alert, ext.decode_server_name, body)
+
+
+@pytest.mark.parametrize(
+    "literal", [b"192.0.2.1", b"192.0.2.1.", b"::1", b"2001:DB8::7", b"[::1]", b"fe80::1%eth0"]
+)
+def test_ip_literal_server_name_counts_as_absent(literal: bytes) -> None:
+    # RFC 6066 §3: clients must not send IP literals; servers (OpenSSL, nginx) ignore them.
+    assert ext.decode_server_name(_sni((0, literal))) is None
+    assert parse_extensions(_block((ExtensionType.server_name, _sni((0, literal)))), ExtContext.CH)
+    with pytest.raises(TLSError):
+        ext.encode_server_name(literal.decode())  # but we never send one
+
+
+def test_ip_literal_detection() -> None:
+    assert ext.is_ip_literal(b"10.0.0.1") and ext.is_ip_literal(b"[2001:db8::1]")
+    for name in (b"10.0.0", b"a.example", b"cafe.beef", b"", b"1.2.3.4.5", b"[a.example]"):
+        assert not ext.is_ip_literal(name), name
 
 
 def test_server_name_in_encrypted_extensions_must_be_empty() -> None:

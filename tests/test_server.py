@@ -869,10 +869,20 @@ def test_tls13_hello_with_compression_is_illegal_parameter(
     )
 
 
-@pytest.mark.parametrize("name", [b"127.0.0.1", b"10.0.0.1."])
-def test_ip_literal_server_name_is_illegal_parameter(server: ServerConnection, name: bytes) -> None:
-    # RFC 6066 §3: "Literal IPv4 and IPv6 addresses are not permitted in HostName."
+@pytest.mark.parametrize("name", [b"127.0.0.1", b"10.0.0.1.", b"::1", b"[2001:db8::7]"])
+@pytest.mark.parametrize("unknown_name", ["default", "reject"])
+def test_ip_literal_server_name_is_ignored(
+    make_config: Callable[..., ServerConfig], name: bytes, unknown_name: str
+) -> None:
+    # RFC 6066 §3 forbids clients to send IP literals but names no server reaction; like
+    # OpenSSL and nginx we treat the extension as absent (review R10), so even
+    # unknown_name="reject" serves the default certificate instead of unrecognized_name.
     entry = b"\x00" + len(name).to_bytes(2, "big") + name
     body = len(entry).to_bytes(2, "big") + entry
     client = MiniClient(server_name=None, extra_extensions=[(ExtensionType.server_name, body)])
-    expect_alert(server, client.hello_record(), AlertDescription.illegal_parameter)
+    conn = ServerConnection(make_config(unknown_name=unknown_name))
+    hellos = conn.receive_data(client.hello_record())
+    assert [e.server_name for e in hellos if isinstance(e, events.ClientHelloReceived)] == [None]
+    done = conn.receive_data(client.handle_server_hello(conn.data_to_send()))
+    info = [e for e in done if isinstance(e, events.HandshakeComplete)][0]
+    assert info.server_name is None and conn.handshake_complete

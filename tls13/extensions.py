@@ -233,7 +233,7 @@ def normalize_host_name(raw: bytes) -> str:
         raise illegal_parameter("server_name length out of range")
     if not set(name) <= _HOSTNAME_CHARS:
         raise illegal_parameter("server_name contains characters outside LDH ASCII")
-    if _is_ip_literal(name):
+    if is_ip_literal(name):
         # RFC 6066 §3: "Literal IPv4 and IPv6 addresses are not permitted in HostName."
         raise illegal_parameter("server_name is an IP address literal")
     for label in name.split(b"."):
@@ -245,19 +245,27 @@ def normalize_host_name(raw: bytes) -> str:
 _IPV4_CHARS = frozenset(b"0123456789.")
 
 
-def _is_ip_literal(name: bytes) -> bool:
-    """An IPv4 literal (IPv6 ones already fail the LDH check on ':')."""
-    if not set(name) <= _IPV4_CHARS:
+def is_ip_literal(name: bytes) -> bool:
+    """True for an IPv4 or IPv6 address literal (also bracketed, or with a trailing dot)."""
+    text = name.removesuffix(b".")
+    if b":" not in text and not set(text) <= _IPV4_CHARS:
         return False  # the common case, without ipaddress' slower parse
+    if text.startswith(b"[") and text.endswith(b"]"):
+        text = text[1:-1]
     try:
-        ipaddress.ip_address(name.decode("ascii"))
-    except ValueError:
+        ipaddress.ip_address(text.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
         return False
     return True
 
 
-def decode_server_name(body: bytes) -> str:
-    """ClientHello server_name: exactly one host_name entry."""
+def decode_server_name(body: bytes) -> str | None:
+    """ClientHello server_name: exactly one host_name entry; None for an IP literal.
+
+    RFC 6066 §3 forbids clients to send IP address literals but names no server
+    reaction. Clients such as wrk do send them and OpenSSL/nginx ignore them, so an IP
+    literal counts as no server_name at all (default certificate and route).
+    """
     r = _reader(body)
     names = r.sub(2, 1)
     r.expect_end("server_name")
@@ -267,6 +275,8 @@ def decode_server_name(body: bytes) -> str:
         raise decode_error(f"server_name type {name_type} is not host_name")
     host = names.vector(2, 1)
     names.expect_end("server_name list (one host_name only)")
+    if is_ip_literal(host):
+        return None
     return normalize_host_name(host)
 
 
