@@ -341,7 +341,10 @@ def test_stale_response_is_not_stapled_and_reported_once(
     out = s_client_status(site, daemon.tls_port)
     assert "OCSP response: no response sent" in out
     wait_for(lambda: daemon.stale_gauge() == 1, "stale gauge 1", daemon)
+    daemon.process.send_signal(signal.SIGHUP)  # a reload re-reads it: still stale, not news
+    wait_for(lambda: "configuration reloaded" in daemon.log(), "the reload", daemon)
     time.sleep(3 * INTERVAL)  # several more checks: still one warning
+    assert daemon.stale_gauge() == 1
     warnings = [line for line in daemon.log().splitlines() if STALE_WARNING in line]
     assert len(warnings) == 1, daemon.log()
     assert "level=warning" in warnings[0] and "certificate site:" in warnings[0]
