@@ -270,11 +270,11 @@ class RecordLayer:
             if self._try_skip(end - start):
                 return None
             raise TLSError(AlertDescription.bad_record_mac, "protected record too short")
-        aad = bytes(self._in[start - HEADER_LEN : start])  # §5.2: the header is the AAD
         nonce = (read.iv ^ read.seq).to_bytes(12, "big")
         try:
             with memoryview(self._in) as view:
-                inner = read.aead.decrypt(nonce, view[start:end], aad)
+                # §5.2: the record header is the AAD (both are views: no copies).
+                inner = read.aead.decrypt(nonce, view[start:end], view[start - HEADER_LEN : start])
         except InvalidTag:
             if self._try_skip(end - start - read.tag_len):
                 return None
