@@ -150,6 +150,8 @@ def server_config(label: bytes = b"server", ecdsa: bool = False) -> ServerConfig
         clock=_frozen_clock,
         key_share_factory=_key_shares(random),
         cookie_secret=hashlib.sha256(b"tls13-proxy fuzz cookie").digest(),
+        # Tickets carry the issuer, and 0-RTT needs it to be us in every process.
+        instance_id=hashlib.sha256(b"tls13-proxy fuzz instance").digest()[:16],
     )
 
 

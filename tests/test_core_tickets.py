@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ STATE = SessionState(
     alpn="h2",
     sni="www.example.com",
     client_chain=(b"\x30\x03leaf", b"\x30\x03ca"),
+    issuer=b"instance-7",
 )
 
 
@@ -45,7 +47,17 @@ def test_state_decode_rejects_truncation(cut: int) -> None:
     with pytest.raises(ValueError):
         SessionState.decode(STATE.encode() + b"\x00")  # trailing bytes
     with pytest.raises(ValueError):
-        SessionState.decode(b"\x02" + STATE.encode()[1:])  # unknown version
+        SessionState.decode(b"\x03" + STATE.encode()[1:])  # unknown version
+
+
+def test_state_format_1_without_issuer_still_decodes() -> None:
+    # Tickets sealed before the issuer field (format 1) keep resuming after an upgrade.
+    current = STATE.encode()
+    assert current[0] == 2 and current.endswith(b"\x0ainstance-7")
+    old = b"\x01" + current[1 : -len(b"\x0ainstance-7")]
+    assert SessionState.decode(old) == replace(STATE, issuer=b"")
+    with pytest.raises(ValueError):
+        SessionState.decode(old + b"\x00")  # format 1 has no issuer field
 
 
 def test_seal_open_and_tamper() -> None:

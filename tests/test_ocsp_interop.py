@@ -115,3 +115,15 @@ def test_gnutls_saves_our_staple(pki: Pki, tmp_path: Path) -> None:
         argv += ["--save-ocsp", str(saved), "127.0.0.1"]
         run_client(argv, [b"ping\n"])
     assert saved.read_bytes() == response  # byte for byte what we configured
+
+
+@needs_openssl
+@pytest.mark.timeout(60)
+def test_stale_response_is_not_sent(pki: Pki) -> None:
+    """Review R21: a response past its nextUpdate is never stapled (RFC 6960 §4.2.2.1)."""
+    now = utcnow()
+    stale = ocsp_response(pki.ca, pki.server, now - 48 * HOUR, now - 24 * HOUR)
+    with serve(chain_with(pki, stale)) as server:
+        run = run_client(s_client(server.port, pki.ca_file, "-status"), [b"ping\n"])
+    assert "OCSP response: no response sent" in run.stdout
+    assert "OCSP Response Status" not in run.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -59,10 +60,15 @@ def server_config(
     chain = CertificateChain((pki["leaf"].cert,), pki["leaf"].key)
 
     def build(**overrides: Any) -> ServerConfig:
+        # Every config built here is one server instance: same ticket keys, same issuer id.
         overrides.setdefault("ticket_keys", keyring)
+        overrides.setdefault("instance_id", INSTANCE)
         return ServerConfig(certificates=CertificateStore([chain]), clock=clock, **overrides)
 
     return build
+
+
+INSTANCE = b"instance-1"
 
 
 @pytest.fixture
@@ -238,6 +244,48 @@ def test_ticket_gives_early_data_once(
     other = tickets_from(client_events)[0]  # a different ticket still gets its own 0-RTT
     _, third = connect(client_config, config, other, early=b"transfer 5")
     assert info_of(third).early_data_accepted
+
+
+def test_ticket_of_another_instance_resumes_without_early_data(
+    client_config: ClientConfig, server_config: Callable[..., ServerConfig]
+) -> None:
+    """Review R22: a host or process sharing our ticket keys but not our strike register
+    resumes the ticket, yet declines its 0-RTT (no alert): only the issuer can refuse a
+    replay.  The issuer itself still accepts the ticket's early data afterwards."""
+    issuer = server_config(max_early_data=4096)
+    ticket = _early_ticket(client_config, issuer)
+    other = server_config(max_early_data=4096, instance_id=b"instance-2")
+    client_events, server_events = connect(client_config, other, ticket, early=b"transfer 100")
+    assert events.EarlyDataRejected() in client_events
+    assert info_of(server_events).resumed and not info_of(server_events).early_data_accepted
+    assert not any(isinstance(e, events.EarlyData) for e in server_events)
+    _, again = connect(client_config, issuer, ticket, early=b"transfer 100")
+    assert info_of(again).early_data_accepted  # declining did not burn the ticket
+
+
+def test_instance_id_is_random_per_config_and_validated(pki: dict[str, Any]) -> None:
+    store = CertificateStore([CertificateChain((pki["leaf"].cert,), pki["leaf"].key)])
+    first, second = ServerConfig(certificates=store), ServerConfig(certificates=store)
+    assert len(first.instance_id) == 16 and first.instance_id != second.instance_id
+    assert replace(first, tickets=1).instance_id == first.instance_id  # variants share it
+    for bad in (b"short", bytes(256)):
+        with pytest.raises(ValueError):
+            ServerConfig(certificates=store, instance_id=bad)
+
+
+def test_ticket_without_issuer_resumes_without_early_data(
+    client_config: ClientConfig, server_config: Callable[..., ServerConfig], keyring: TicketKeyring
+) -> None:
+    """A ticket sealed in the issuer-less format 1 still resumes, with 0-RTT declined."""
+    config = server_config(max_early_data=4096)
+    ticket = _early_ticket(client_config, config)
+    state = keyring.open_state(ticket.ticket)
+    assert state is not None and state.issuer == INSTANCE
+    old_format = b"\x01" + replace(state, issuer=b"").encode()[1:-1]  # no issuer field
+    old_ticket = replace(ticket, ticket=keyring.seal(old_format))
+    client_events, server_events = connect(client_config, config, old_ticket, early=b"x")
+    assert events.EarlyDataRejected() in client_events
+    assert info_of(server_events).resumed and not info_of(server_events).early_data_accepted
 
 
 def test_stale_ticket_age_declines_early_data(

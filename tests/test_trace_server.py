@@ -312,6 +312,7 @@ def test_resumed_0rtt_server_records_match_trace(monkeypatch: pytest.MonkeyPatch
         lifetime=ticket.ticket_lifetime,
         max_early_data=ticket.max_early_data_size(),
         sni="server",
+        issuer=b"trace instance",  # 0-RTT only on tickets this server issued (R22)
     )
     known = {ticket.ticket: state}
     monkeypatch.setattr(TicketKeyring, "open_state", lambda self, raw: known.get(raw))
@@ -332,6 +333,7 @@ def test_resumed_0rtt_server_records_match_trace(monkeypatch: pytest.MonkeyPatch
         ticket_keys=TicketKeyring.generate(),
         tickets=0,  # the trace's server issues no new ticket on this connection
         max_early_data=ticket.max_early_data_size(),
+        instance_id=b"trace instance",
     )
     client = _records(RESUMED_0RTT, "client")
     server = _records(RESUMED_0RTT, "server")

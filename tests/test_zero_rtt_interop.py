@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 from engine_helpers import EngineServer, run_client, store_for
-from interop_helpers import Pki, RecordingRelay, first_flight, make_pki, s_client, send_raw
+from interop_helpers import (
+    Pki,
+    RecordingRelay,
+    ServerProcess,
+    first_flight,
+    make_pki,
+    s_client,
+    send_raw,
+)
 from msg_helpers import SocketClient, start_openssl_server
 
 from tls13 import events
@@ -266,3 +274,39 @@ def test_gnutls_early_data_accepted(
     assert second.info.resumed and second.info.early_data_accepted
     assert early_data_of(second.events) == EARLY
     assert bytes(second.received) == b"late\n"
+
+
+def test_same_session_file_twice_gets_early_data_once(pki: Pki, tmp_path: Path) -> None:
+    """Review R20: ``s_client -sess_in S -early_data F`` twice: the ticket's 0-RTT is
+    single-use (RFC 8446 §8.1), the second run resumes with early data rejected."""
+    early = tmp_path / "early.txt"
+    early.write_bytes(EARLY)
+    session = tmp_path / "session.pem"
+    with EngineServer(config_for(pki, TicketKeyring.generate(), MAX_EARLY)) as server:
+        store_session(server.port, pki, session)
+        first = early_data_run(server.port, pki, session, early)
+        second = early_data_run(server.port, pki, session, early)
+        _, one, two = server.wait_for(3)
+    assert "Early data was accepted" in first and early_data_of(one.events) == EARLY
+    assert "Early data was rejected" in second and early_data_of(two.events) == b""
+
+
+def test_replay_to_another_process_sharing_the_key_file(pki: Pki, tmp_path: Path) -> None:
+    """Review R22: a recorded first flight replayed to another process that shares the
+    ticket key file (but not the strike register) resumes without its early data."""
+    early = tmp_path / "early.txt"
+    early.write_bytes(EARLY)
+    keys = tmp_path / "ticket.keys"
+    TicketKeyring.generate().save(keys)
+    args = ("--chain", str(pki.server_chain), "--key", str(pki.server_key))
+    args += ("--ticket-keys", str(keys), "--max-early-data", str(MAX_EARLY))
+    session = tmp_path / "session.pem"
+    with ServerProcess(*args) as a, ServerProcess(*args) as b:
+        store_session(a.port, pki, session)
+        with RecordingRelay(a.port) as relay:
+            assert "Early data was accepted" in early_data_run(relay.port, pki, session, early)
+        send_raw(b.port, first_flight(bytes(relay.from_client)))
+        _, original = a.connections(2)
+        (replay,) = b.connections(1)
+    assert original["early_data"] == EARLY.decode()
+    assert replay["early_data"] == ""

@@ -171,6 +171,11 @@ class ServerConfig:
     # 0-RTT anti-replay strike register (RFC 8446 §8.2), shared by the listener's
     # connections; created automatically when max_early_data is set.
     anti_replay: ReplayRegister | None = None
+    # Who issues our tickets (sealed in them as SessionState.issuer). 0-RTT is accepted only
+    # on tickets this instance issued: another process or host sharing the ticket keys has
+    # its own strike register, so it could not refuse a replay there (review R22). Processes
+    # sharing one register (a daemon's workers) should share one id; the default is per config.
+    instance_id: bytes = field(default_factory=lambda: os.urandom(16))
 
     def __post_init__(self) -> None:
         _check_codes("cipher_suites", self.cipher_suites)
@@ -203,6 +208,8 @@ class ServerConfig:
         _check_psk_modes(self.psk_modes)
         if not 1 <= self.cookie_lifetime <= 3600:
             raise ValueError("cookie_lifetime must be within 1..3600 seconds")
+        if not isinstance(self.instance_id, bytes) or not 8 <= len(self.instance_id) <= 255:
+            raise ValueError("instance_id must be 8..255 bytes")
         if self.cookie_secret is None:
             object.__setattr__(self, "cookie_secret", self.random(32))
         elif len(self.cookie_secret) < 16:

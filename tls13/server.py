@@ -676,7 +676,7 @@ class ServerConnection(Connection):
 
     def _accept_early_data(self, hello: ClientHello, resumption: _Resumption | None) -> bool:
         """RFC 8446 §4.2.10: accept 0-RTT only for the first PSK, same suite and ALPN,
-        a fresh ticket age (§8.3) and a ClientHello not seen before (§8.2)."""
+        a ticket we issued, a fresh ticket age (§8.3) and a ticket not used before (§8.2)."""
         config = self._config
         if not hello.early_data() or resumption is None or self._hello_retry:
             return False
@@ -685,6 +685,10 @@ class ServerConnection(Connection):
             return False
         assert self._suite is not None
         if state.suite != self._suite.code or state.alpn != self._alpn:
+            return False
+        if not hmac.compare_digest(state.issuer, config.instance_id):
+            # Review R22: another instance's strike register saw this ticket's 0-RTT, not
+            # ours, so we could not refuse a replay of it: resume, but decline early data.
             return False
         register = config.anti_replay
         now = config.clock()
@@ -734,6 +738,7 @@ class ServerConnection(Connection):
                 alpn=self._alpn,
                 sni=self._server_name,
                 client_chain=self._client_chain_der(),
+                issuer=config.instance_id,
             )
             extensions: list[tuple[int, bytes]] = []
             if config.max_early_data:

@@ -46,7 +46,10 @@ KEY_RECORD_LEN = KEY_NAME_LEN + KEY_LEN
 _NONCE_LEN = 12
 _TAG_LEN = 16
 _OVERHEAD = KEY_NAME_LEN + _NONCE_LEN + _TAG_LEN
-_STATE_VERSION = 1
+# Sealed state format: 1 = without issuer (still opened: such tickets resume, never 0-RTT),
+# 2 = with the issuing instance's id appended.
+_STATE_VERSION = 2
+_STATE_VERSION_NO_ISSUER = 1
 MAX_TICKET_LIFETIME = 604800  # §4.6.1: at most seven days
 
 
@@ -66,7 +69,9 @@ class SessionState:
 
     ``created`` is in milliseconds (the server clock when the ticket was issued),
     ``lifetime`` in seconds; ``client_chain`` holds the DER certificates the
-    client authenticated with (leaf first), empty when it did not.
+    client authenticated with (leaf first), empty when it did not. ``issuer`` is
+    the ``ServerConfig.instance_id`` of the server that issued the ticket: only
+    that instance accepts its 0-RTT, because only its strike register saw it.
     """
 
     psk: bytes
@@ -78,6 +83,7 @@ class SessionState:
     alpn: str | None = None
     sni: str | None = None
     client_chain: tuple[bytes, ...] = ()
+    issuer: bytes = b""
 
     def encode(self) -> bytes:
         w = Writer()
@@ -93,6 +99,7 @@ class SessionState:
         with w.prefixed(3):
             for der in self.client_chain:
                 w.vector(3, der)
+        w.vector(1, self.issuer)
         return w.getvalue()
 
     @classmethod
@@ -100,7 +107,8 @@ class SessionState:
         """Parse :meth:`encode` output; raises ``ValueError`` on anything else."""
         try:
             r = Reader(data)
-            if r.uint8() != _STATE_VERSION:
+            version = r.uint8()
+            if version not in (_STATE_VERSION, _STATE_VERSION_NO_ISSUER):
                 raise ValueError("unknown session state version")
             suite = r.uint16()
             created = int.from_bytes(r.bytes(8), "big")
@@ -112,10 +120,13 @@ class SessionState:
             chain = []
             while not chain_reader.at_end():
                 chain.append(chain_reader.vector(3, 1))
+            issuer = r.vector(1) if version == _STATE_VERSION else b""
             r.expect_end("session state")
         except (TLSError, UnicodeDecodeError) as exc:
             raise ValueError(f"malformed session state: {exc}") from None
-        return cls(psk, suite, created, age_add, lifetime, max_early, alpn, sni, tuple(chain))
+        return cls(
+            psk, suite, created, age_add, lifetime, max_early, alpn, sni, tuple(chain), issuer
+        )
 
     def expired(self, now_ms: int) -> bool:
         """True once the ticket lifetime has passed (or the clock went backwards a lot)."""
