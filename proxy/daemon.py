@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import resource
 import signal
 import socket
@@ -267,6 +268,7 @@ def build_generation(
     handshake_slots: trio.CapacityLimiter | None = None,
     previous: Generation | None = None,
     shared_replay: ReplayRegister | None = None,
+    instance_id: bytes | None = None,
 ) -> Generation:
     """Build (and validate by building) a generation; raises on unreadable keys etc."""
     pools = {p.name: pool_from_settings(p, in_process) for p in settings.backends}
@@ -283,7 +285,9 @@ def build_generation(
         register = shared_replay
         if register is None and previous is not None:
             register = previous.replay_register(listener.name)
-        config = build_server_config(settings, listener, ticket_keys, table, chains, register)
+        config = build_server_config(
+            settings, listener, ticket_keys, table, chains, register, instance_id
+        )
         terminator = TLSTerminator(config)
         runtimes[listener.name] = ListenerRuntime(
             listener.name,
@@ -354,6 +358,9 @@ class ProxyProcess:
     drop_to: tuple[str | None, str | None] = (None, None)
     # Workers: the 0-RTT strike register all workers share (else one per listener).
     shared_replay: ReplayRegister | None = None
+    # Issuer id sealed into our tickets: 0-RTT only where the strike register saw the ticket
+    # (workers get the parent's; kept across reloads). Review R22.
+    instance_id: bytes = field(default_factory=lambda: os.urandom(16))
     generation: Generation | None = None
     # The current generation's OCSP files (the single process also reports staleness).
     ocsp: OcspWatcher | None = None
@@ -445,6 +452,7 @@ class ProxyProcess:
             self.handshake_slots,
             self.generation,
             self.shared_replay,
+            self.instance_id,
         )
 
     def _install(self, generation: Generation) -> None:
@@ -492,6 +500,7 @@ class ProxyProcess:
                             runtime.routes,
                             chains,
                             self.shared_replay or generation.replay_register(name),
+                            self.instance_id,
                         )
                     ),
                 )

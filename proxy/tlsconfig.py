@@ -141,15 +141,20 @@ def build_server_config(
     routes: RouteTable | None = None,
     chains: dict[str, CertificateChain] | None = None,
     anti_replay: ReplayRegister | None = None,
+    instance_id: bytes | None = None,
 ) -> ServerConfig:
     """The listener's ``ServerConfig``, with per-name variants for route TLS differences.
 
     ``chains`` are certificates already loaded by ``load_chains`` (else read here);
     ``anti_replay`` is the listener's 0-RTT strike register from before a reload, so a
     reload does not open a window for replaying early data seen just before it.
+    ``instance_id`` names the processes sharing that register: the engine accepts 0-RTT
+    only on tickets issued under the same id (None: a random one per config).
     """
     table = routes if routes is not None else table_for_listener(settings, listener)
     base = _base_config(settings, listener, ticket_keys, table, chains)
+    if instance_id is not None:
+        base = dataclasses.replace(base, instance_id=instance_id)
     register = anti_replay if anti_replay is not None else base.anti_replay
     if base.max_early_data and register is not None:
         base = dataclasses.replace(base, anti_replay=observed_register(register))

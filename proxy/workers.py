@@ -196,6 +196,8 @@ class Supervisor:
     stopping: bool = False
     restarts: int = 0
     replay: SharedReplayRegister | None = None
+    # One ticket issuer id for all workers, as they share one strike register (review R22).
+    instance_id: bytes = field(default_factory=lambda: os.urandom(16))
     # Serialises control lines: a key rotation may coincide with a worker's bootstrap.
     control_lock: trio.Lock = field(default_factory=trio.Lock)
     # READY=1 went out for the current set of slots (reset when a new generation starts).
@@ -224,6 +226,7 @@ class Supervisor:
             "listeners": fds,
             "ticket_keys": keyring_to_text(self.keyring) if self.keyring is not None else "",
             "replay_fd": self.replay.fd if self.replay is not None else None,
+            "instance_id": self.instance_id.hex(),
             "report_fd": report_fd,
         }
         passed = [fd for numbers in fds.values() for fd in numbers] + [report_fd]
@@ -611,6 +614,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         can_bind=False,
         access_log=make_access_log(settings),
         shared_replay=_shared_replay(message),
+        instance_id=bytes.fromhex(message["instance_id"]),
         drop_to=(settings.global_.user, settings.global_.group),
     )
     report_fd = message.get("report_fd")
