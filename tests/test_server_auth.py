@@ -16,6 +16,7 @@ from certs import Issued, make_ca, make_leaf, write_pair
 from engine_helpers import EngineServer, pump, run_client
 
 import tls13.client
+import tls13.server
 from tls13 import events
 from tls13 import extensions as ext
 from tls13.alerts import AlertDescription, TLSError
@@ -162,6 +163,33 @@ def test_unrequested_client_certificate_extension(
     with pytest.raises(TLSError) as caught:
         connect(client_config(pki, "client"), server_config(pki, client_auth="required"))
     assert caught.value.alert == AlertDescription.unsupported_extension
+
+
+@pytest.mark.parametrize("send_ca_names", [True, False])
+def test_certificate_authorities_only_when_configured(
+    pki: dict[str, Issued], monkeypatch: pytest.MonkeyPatch, send_ca_names: bool
+) -> None:
+    """RFC 8446 §4.2.4: certificate_authorities is optional; send_ca_names=False leaves
+    it out of the CertificateRequest (a large CA set) while client_ca still decides trust."""
+    sent: list[object] = []
+    original = tls13.server.CertificateRequest
+
+    def recording(*args: Any) -> object:
+        sent.append(original(*args))
+        return sent[-1]
+
+    monkeypatch.setattr(tls13.server, "CertificateRequest", recording)
+    config = server_config(pki, client_auth="required", send_ca_names=send_ca_names)
+    _, _, _, server_events = connect(client_config(pki, "client"), config)
+    assert info_of(server_events).client_identity is not None
+    (request,) = sent
+    assert isinstance(request, original)
+    names = request.extension(ext.ExtensionType.certificate_authorities)
+    expected = ext.encode_certificate_authorities([pki["ca"].cert.subject.public_bytes()])
+    assert names == (expected if send_ca_names else None)
+    with pytest.raises(TLSError) as caught:
+        connect(client_config(pki, "stranger"), replace(config, client_auth="optional"))
+    assert caught.value.alert == AlertDescription.unknown_ca
 
 
 def test_post_handshake_auth_needs_the_client_offer(pki: dict[str, Issued]) -> None:

@@ -21,10 +21,9 @@ engine computed before handing back the trace's value:
 Two engine behaviours differ from the trace (NSS) and are asserted precisely:
 
 * Server: our CertificateRequest adds ``certificate_authorities`` naming the
-  ``client_ca`` subjects whenever ``client_ca`` is set, and ``ServerConfig`` insists on
+  ``client_ca`` subjects (unless ``send_ca_names=False``), and ``ServerConfig`` insists on
   ``client_ca`` for client authentication; the trace's request has only
-  ``signature_algorithms``.  The byte-exact test empties ``client_ca`` after the
-  config validated it (trust then comes from the injected verifier), and
+  ``signature_algorithms``.  The byte-exact test sets ``send_ca_names=False``, and
   :func:`test_certificate_request_names_client_ca_otherwise_same_flight` pins
   that extension as the only difference in the server's flight.
 * Client: our ClientHello orders ``supported_versions`` second, sends no
@@ -263,10 +262,8 @@ def _server_config(keylog: list[str] | None = None) -> ServerConfig:
 
 
 def _without_ca_names(config: ServerConfig) -> ServerConfig:
-    """The trace's server names no CAs; ours names client_ca, which the config requires
-    for client auth.  Empty it once validated (the injected verifier decides trust)."""
-    object.__setattr__(config, "client_ca", ())
-    return config
+    """The trace's server names no CAs: ours must not either (RFC 8446 §4.2.4 optional)."""
+    return replace(config, send_ca_names=False)
 
 
 def test_client_auth_server_records_match_trace(monkeypatch: pytest.MonkeyPatch) -> None:

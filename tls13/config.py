@@ -176,6 +176,9 @@ class ServerConfig:
     # its own strike register, so it could not refuse a replay there (review R22). Processes
     # sharing one register (a daemon's workers) should share one id; the default is per config.
     instance_id: bytes = field(default_factory=lambda: os.urandom(16))
+    # RFC 8446 §4.2.4: certificate_authorities in the CertificateRequest is optional;
+    # a large client_ca set makes the request big (False: omit it, trust is unchanged).
+    send_ca_names: bool = True
 
     def __post_init__(self) -> None:
         _check_codes("cipher_suites", self.cipher_suites)

@@ -846,12 +846,13 @@ class ServerConnection(Connection):
         return EncryptedExtensions(extensions)
 
     def _send_certificate_request(self, context: bytes) -> None:
-        """RFC 8446 §4.3.2: our schemes, and our CA names so the client can pick a chain."""
+        """RFC 8446 §4.3.2: our schemes, and our CA names so the client can pick a chain
+        (§4.2.4: optional, so ``send_ca_names=False`` leaves out a large CA set)."""
         schemes = list(self._config.signature_schemes)
         extensions: list[tuple[int, bytes]] = [
             (ExtensionType.signature_algorithms, ext.encode_uint16_list(schemes))
         ]
-        if self._config.client_ca:
+        if self._config.client_ca and self._config.send_ca_names:
             names = [ca.subject.public_bytes() for ca in self._config.client_ca]
             extensions.append(
                 (ExtensionType.certificate_authorities, ext.encode_certificate_authorities(names))
