@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import enum
 import hmac
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -171,6 +173,40 @@ class _PeerAuth:
     identity: events.ClientIdentity | None = None
 
 
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class _ReceivedHello(ClientHello):
+    """A received ClientHello that decodes each extension the server asks for once: the
+    handshake consults the name, the PSK offer, the shares and the groups several times."""
+
+    decoded: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+
+    def _once(self, name: str, decode: Callable[[], _T]) -> _T:
+        if name not in self.decoded:
+            self.decoded[name] = decode()
+        return cast(_T, self.decoded[name])
+
+    def server_name(self) -> str | None:
+        return self._once("server_name", super().server_name)
+
+    def supported_groups(self) -> list[int] | None:
+        return self._once("supported_groups", super().supported_groups)
+
+    def key_shares(self) -> list[KeyShareEntry] | None:
+        return self._once("key_shares", super().key_shares)
+
+    def alpn_protocols(self) -> list[str] | None:
+        return self._once("alpn_protocols", super().alpn_protocols)
+
+    def psk_key_exchange_modes(self) -> list[int] | None:
+        return self._once("psk_key_exchange_modes", super().psk_key_exchange_modes)
+
+    def pre_shared_key(self) -> ext.OfferedPsks | None:
+        return self._once("pre_shared_key", super().pre_shared_key)
+
+
 class ServerConnection(Connection):
     """One server side of a TLS 1.3 connection (sans-IO)."""
 
@@ -200,6 +236,7 @@ class ServerConnection(Connection):
         }
         self._key_schedule: KeySchedule | None = None
         self._first_hello: ClientHello | None = None  # kept only without stateless_retry
+        self._hello_raw = b""  # the ClientHello being answered, as received (binder input)
         self._cookie = b""
         self._hrr_group: Group | None = None
         self._group: Group | None = None
@@ -261,7 +298,8 @@ class ServerConnection(Connection):
     # ------------------------------------------------------------------ ClientHello
 
     def _on_client_hello(self, raw: bytes) -> ServerState:
-        hello = ClientHello.parse(raw[4:])
+        hello = _ReceivedHello.parse(raw[4:])
+        self._hello_raw = raw
         _check_version(hello)
         self._use_config(self._config_for(hello))
         self._emit(
@@ -309,7 +347,8 @@ class ServerConnection(Connection):
         return self._select(hello, suite), resumption
 
     def _on_client_hello_retry(self, raw: bytes) -> ServerState:
-        hello = ClientHello.parse(raw[4:])
+        hello = _ReceivedHello.parse(raw[4:])
+        self._hello_raw = raw
         _check_version(hello)
         if self._config.stateless_retry:
             return self._on_stateless_retry(hello, raw)
@@ -627,7 +666,7 @@ class ServerConnection(Connection):
                 continue  # the PSK's hash must match the negotiated suite's
             if not self._ticket_fits(state, hello):
                 continue
-            self._check_binder(hello, suite, state.psk, offered.binders[index])
+            self._check_binder(offered, suite, state.psk, index)
             age = identity.obfuscated_ticket_age
             return _Resumption(index, state, age, identity.identity, mode)
         return None
@@ -662,16 +701,20 @@ class ServerConnection(Connection):
         return None
 
     def _check_binder(
-        self, hello: ClientHello, suite: CipherSuite, psk: bytes, binder: bytes
+        self, offered: ext.OfferedPsks, suite: CipherSuite, psk: bytes, index: int
     ) -> None:
-        """§4.2.11.2: the binder is a Finished over the transcript up to the binders."""
+        """§4.2.11.2: the binder is a Finished over the transcript up to the binders.
+
+        pre_shared_key is the last extension (the parser enforces §4.2.11), so the binders
+        vector ends the ClientHello: the binder input is the received message minus it."""
         assert self._transcript is not None
         schedule = KeySchedule(suite)
         schedule.set_psk(psk)
+        binders_len = 2 + sum(1 + len(binder) for binder in offered.binders)
         partial = self._transcript.copy()
-        partial.update(hello.truncated())
+        partial.update(memoryview(self._hello_raw)[: len(self._hello_raw) - binders_len])
         expected = finished_verify_data(suite.hash, schedule.binder_key(True), partial.digest())
-        if not hmac.compare_digest(expected, binder):
+        if not hmac.compare_digest(expected, offered.binders[index]):
             raise TLSError(AlertDescription.decrypt_error, "PSK binder does not verify")
 
     def _accept_early_data(self, hello: ClientHello, resumption: _Resumption | None) -> bool:
