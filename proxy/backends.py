@@ -28,6 +28,8 @@ from proxy.tlsstream import connect_tcp
 
 log = logging.getLogger(__name__)
 
+FAILURE_LOG_INTERVAL = 1.0
+
 Balance = Literal["round_robin", "least_connections"]
 
 
@@ -52,6 +54,8 @@ class BackendServer:
     healthy: bool = True
     consecutive_failures: int = 0
     ejected_until: float = 0.0
+    # When a failure of this server was last logged.
+    failure_logged_at: float = float("-inf")
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -181,7 +185,10 @@ class BackendPool:
                 family = _literal_family(address.host)
                 if family is not None:  # the usual case: one direct connect, no resolver
                     return await connect_tcp(family, (address.host, address.port))
-                return await trio.open_tcp_stream(address.host, address.port)
+                try:
+                    return await trio.open_tcp_stream(address.host, address.port)
+                except OSError as exc:
+                    raise connect_cause(exc) from exc
             if address.kind == "unix":
                 return await trio.open_unix_socket(address.path)
             if self.in_process is None:
@@ -191,7 +198,12 @@ class BackendPool:
     def record_failure(self, server: BackendServer, reason: str) -> None:
         """Passive ejection: ``max_fails`` consecutive failures take a server out for a while."""
         server.consecutive_failures += 1
-        log.warning("pool %s: backend %s failed: %s", self.name, server.address, reason)
+        now = self._clock()
+        if now - server.failure_logged_at >= FAILURE_LOG_INTERVAL:
+            # One line a second per server: every failure is still counted in the metrics
+            # and named in its connection's access log line.
+            server.failure_logged_at = now
+            log.warning("pool %s: backend %s failed: %s", self.name, server.address, reason)
         if self.options.max_fails and server.consecutive_failures >= self.options.max_fails:
             server.ejected_until = self._clock() + self.options.eject_seconds
             server.consecutive_failures = 0
@@ -214,6 +226,16 @@ def _literal_family(host: str) -> int | None:
     except ValueError:
         return None
     return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+def connect_cause(exc: OSError) -> OSError:
+    """trio reports a failed connect as a bare OSError caused by a group of the real errors
+    (one per address tried); the first of those says why (refused, unreachable, ...), for
+    the log and the failure reason in the metrics."""
+    inner = getattr(exc.__cause__, "exceptions", ())
+    if exc.errno is None and inner and isinstance(inner[0], OSError):
+        return inner[0]
+    return exc
 
 
 @contextmanager

@@ -12,6 +12,8 @@ as a clean end.
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -119,6 +121,8 @@ class ConnectionRecord:
     warning_alerts: tuple[int, ...] = ()
     close_notify_sent: bool = False
     close_notify_received: bool = False
+    # Named bounds this connection ran into (metrics: tls13proxy_limit_hits_total).
+    limits_hit: list[str] = field(default_factory=list)
 
     def finish(self, outcome: str, detail: str = "") -> None:
         """Keep the first meaningful outcome: later cleanup must not overwrite the cause."""
@@ -186,6 +190,38 @@ def log_limited(key: str, level: int, message: str, *args: object) -> None:
     if now - _last_logged.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
         _last_logged[key] = now
         log.log(level, message, *args)
+
+
+# The engine's messages for the bounds of tls13.Limits, and the names /metrics gives them
+# (docs/robustness.md). Matched on the message: TLSError carries only the alert.
+ENGINE_LIMITS = (
+    ("bytes exceeds limit", "max_handshake_size"),
+    ("too many empty records", "max_empty_records"),
+    ("too many warning alerts", "max_warning_alerts"),
+    ("too many change_cipher_spec", "max_change_cipher_spec"),
+    ("KeyUpdate rate limit exceeded", "key_updates_per_minute"),
+    ("record input buffer limit exceeded", "max_record_buffer"),
+)
+
+
+def engine_limit(error: BaseException | None) -> str | None:
+    """The limit name of a TLSError the engine raised for one of its bounds, else None."""
+    if error is None or getattr(error, "sent_by_peer", False):
+        return None
+    text = str(error)
+    return next((name for marker, name in ENGINE_LIMITS if marker in text), None)
+
+
+def note_tls_error(record: ConnectionRecord, exc: TLSStreamError) -> None:
+    """Record a TLS failure: the alert sent or received, and the limit behind it, if any."""
+    alert = getattr(exc.tls_error, "alert", None)
+    record.alert = getattr(alert, "name", "") or "internal_error"
+    record.alert_by_peer = bool(getattr(exc.tls_error, "sent_by_peer", False))
+    limit = engine_limit(exc.tls_error)
+    if limit is not None:
+        record.limits_hit.append(limit)
+    side = "received" if record.alert_by_peer else "sent"
+    record.finish("tls_error", f"{record.alert} ({side}): {exc.tls_error or exc}")
 
 
 def _peer(stream: trio.SocketStream, local: bool) -> tuple[str, int]:
@@ -389,7 +425,7 @@ async def _establish(
             if slots is None:
                 established = await runtime.terminator.establish(transport, early)
             else:
-                await _take_slot(slots)
+                await _take_slot(slots, record)
                 try:
                     established = await runtime.terminator.establish(transport, early)
                 finally:
@@ -398,27 +434,30 @@ async def _establish(
         record.finish("handshake_timeout")
         return None
     except TLSStreamError as exc:
-        alert = getattr(exc.tls_error, "alert", None)
-        record.alert = getattr(alert, "name", "") or "internal_error"
-        record.alert_by_peer = bool(getattr(exc.tls_error, "sent_by_peer", False))
-        side = "received" if record.alert_by_peer else "sent"
-        record.finish("tls_error", f"{record.alert} ({side}): {exc.tls_error or exc}")
+        note_tls_error(record, exc)
         return None
     except STREAM_ERRORS as exc:
         record.finish("client_gone", str(exc))
         return None
     record.handshake_seconds = time.monotonic() - started
-    record.session = established.info
+    record.session = info = established.info
+    log.debug(
+        "%s:%d: handshake complete: %s %s group=%s resumed=%s hello_retry=%s",
+        record.client_address, record.client_port, info.version, info.cipher,
+        info.group or "-", info.resumed, info.hello_retry,
+    )  # fmt: skip
     runtime.observer.handshake_done(record)
     return established
 
 
-async def _take_slot(slots: trio.CapacityLimiter) -> None:
+async def _take_slot(slots: trio.CapacityLimiter, record: ConnectionRecord) -> None:
     """A handshake slot; a free one is taken without the scheduler round trip that
-    ``async with limiter`` always makes (the handshake's first read is the checkpoint)."""
+    ``async with limiter`` always makes (the handshake's first read is the checkpoint).
+    Waiting for one (bounded by the handshake timeout) counts as a limit hit."""
     try:
         slots.acquire_nowait()
     except trio.WouldBlock:
+        record.limits_hit.append("max_concurrent_handshakes")
         await slots.acquire()
 
 
@@ -463,6 +502,38 @@ async def _relay(
         pool.record_failure(lease.server, f"write failed: {exc}")
         return
     await splice(client, backend, runtime.timeouts.idle, record, runtime.chunk)
+    pass_abrupt_end(client, backend, record)
+
+
+# Outcomes where the client side ended abruptly (the backend must not see a clean FIN), and
+# where the backend did (the client must not see close_notify).
+CLIENT_ABRUPT = frozenset({"client_truncated", "client_error", "tls_error"})
+BACKEND_ABRUPT = frozenset({"backend_error"})
+
+
+def pass_abrupt_end(
+    client: trio.abc.Stream, backend: trio.abc.Stream, record: ConnectionRecord
+) -> None:
+    """An abrupt end on one side becomes an abrupt end on the other (RFC 8446 §6.1): the
+    backend gets a TCP reset, the client a TCP end without close_notify (bytes already in
+    flight still arrive). The closes themselves happen as the streams' contexts exit."""
+    if record.outcome in CLIENT_ABRUPT:
+        reset_on_close(backend)
+    elif record.outcome in BACKEND_ABRUPT:
+        abort = getattr(client, "abort", None)
+        if abort is not None:
+            abort()
+
+
+def reset_on_close(stream: trio.abc.Stream) -> None:
+    """SO_LINGER 0: closing sends RST instead of FIN (the only abrupt end plain TCP has)."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass  # already gone: nothing left to tell
 
 
 def proxy_header(version: int, record: ConnectionRecord) -> bytes:
@@ -578,6 +649,9 @@ async def _pump(
         await _pass_eof(sink)
     except TLSTruncated as exc:
         state.record.finish("client_truncated", str(exc))
+        state.scope.cancel()
+    except TLSStreamError as exc:  # an alert after the handshake (a limit, a bad record)
+        note_tls_error(state.record, exc)
         state.scope.cancel()
     except STREAM_ERRORS as exc:
         # Receiving on the client side or sending towards it both point at the client.

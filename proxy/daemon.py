@@ -169,15 +169,20 @@ class DaemonObserver:
         if record.outcome == "handshake_timeout":
             accounting.handshake_failed("timeout")
             metrics.limit_hit("handshake_timeout")
-        elif record.outcome == "tls_error":
+        elif record.outcome == "tls_error" and record.session is None:
             accounting.handshake_failed(record.alert, by_peer=record.alert_by_peer)
         elif record.session is None:
             reason = "shutdown" if record.outcome == "shutdown" else "connection_error"
             accounting.handshake_failed(reason)
+        if record.outcome == "idle_timeout":
+            metrics.limit_hit("idle_timeout")
+        for limit in record.limits_hit:
+            metrics.limit_hit(limit)
         if record.outcome in ("no_route", "no_backend", "backend_unavailable"):
             metrics.connection_rejected(record.listener, record.outcome)
         if record.outcome == "client_certificate_required":
             metrics.connection_rejected(record.listener, "client_certificate")
+        accounting.set_end(record.outcome)
         accounting.close()
 
 

@@ -142,6 +142,7 @@ _Child = TypeVar("_Child")
 _config_name = _BoundedLabel(_CONFIG_NAME, 1024)
 _reject_reason = _BoundedLabel(_CODE_NAME, 64)
 _limit_name = _BoundedLabel(_CODE_NAME, 64)
+_end_name = _BoundedLabel(_CODE_NAME, 64)
 
 
 class _BoundedCache(dict[tuple[object, ...], _Child]):
@@ -194,6 +195,7 @@ class _Metrics:
         self._listeners: dict[str, _ListenerSeries] = {}
         # Keyed by raw engine strings, so its size is bounded only if they are; cap it anyway.
         self._handshake_children: _BoundedCache[Counter] = _BoundedCache(4096)
+        self._closed_children: _BoundedCache[Counter] = _BoundedCache(4096)
         self._build_connection_metrics(r)
         self._build_tls_metrics(r)
         self._build_backend_metrics(r)
@@ -218,6 +220,12 @@ class _Metrics:
             f"{PREFIX}connections_rejected",
             "Client connections refused or dropped before proxying, by reason.",
             ["listener", "reason"],
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            f"{PREFIX}connections_closed",
+            "Client connections closed, by how they ended (the access log's end field).",
+            ["listener", "end"],
             registry=r,
         )
         self.connection_duration = Histogram(
@@ -417,6 +425,16 @@ class _Metrics:
             )
         return child
 
+    def closed_series(self, listener: str, end: str) -> Counter:
+        """The connections-closed child for (listener, end), cached like the handshakes'."""
+        key = (listener, end)
+        child = self._closed_children.get(key)
+        if child is None:
+            child = self._closed_children[key] = self.connections_closed.labels(
+                listener, _end_name(end)
+            )
+        return child
+
     def metrics(self) -> Iterator[Counter | Gauge | Histogram]:
         """Every metric object of the namespace, in definition order."""
         for value in vars(self).values():
@@ -500,7 +518,7 @@ class ConnectionMetrics:
     is a context manager, so ``with ConnectionMetrics(listener) as cm:`` is leak-proof.
     """
 
-    __slots__ = ("_series", "_started", "_handshake", "_rx", "_tx", "_closed")
+    __slots__ = ("_series", "_started", "_handshake", "_rx", "_tx", "_closed", "_end")
 
     def __init__(self, listener: str) -> None:
         self._series = M.listener(listener)
@@ -509,6 +527,7 @@ class ConnectionMetrics:
         self._rx = 0
         self._tx = 0
         self._closed = False
+        self._end = "ok"
         self._series.accepted.inc()
         self._series.active.inc()
 
@@ -587,11 +606,18 @@ class ConnectionMetrics:
         """0-RTT was refused because the ClientHello was a replay (strike register hit)."""
         M.early_data.labels(self._series.name, "replay_refused").inc()
 
+    def set_end(self, end: str) -> None:
+        """How the connection ended (an identifier such as ``ok``, ``backend_error``,
+        ``client_truncated``); counted in ``connections_closed`` at :meth:`close`."""
+        self._end = end
+
     def close(self) -> None:
-        """Flush bytes, observe the duration and leave the active gauge (idempotent)."""
+        """Flush bytes, count the end, observe the duration and leave the active gauge
+        (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        M.closed_series(self._series.name, self._end).inc()
         if self._rx:
             self._series.received.inc(self._rx)
         if self._tx:
@@ -609,6 +635,8 @@ class ConnectionMetrics:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc_type is not None:
+            self.set_end("error")
         self.close()
 
 

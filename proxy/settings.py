@@ -227,6 +227,17 @@ class LimitSettings:
     key_updates_per_minute: int = setting(
         60, Int(1), "KeyUpdate messages accepted from a peer per minute before it is cut off."
     )
+    max_empty_records: int = setting(
+        32, Int(0), "Empty application-data records in a row accepted from a client."
+    )
+    max_warning_alerts: int = setting(
+        4, Int(0), "Warning alerts (user_canceled) accepted from a client per connection."
+    )
+    max_change_cipher_spec: int = setting(
+        32,
+        Int(0),
+        "Compatibility change_cipher_spec records accepted from a client during the handshake.",
+    )
 
 
 @dataclass(frozen=True)

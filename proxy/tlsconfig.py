@@ -204,13 +204,22 @@ def _base_config(
         max_early_data=tls.max_early_data if tickets_on else 0,
         client_auth=listener.client_auth,  # type: ignore[arg-type]
         client_ca=load_client_ca(listener),
-        limits=Limits(
-            max_handshake_message=settings.limits.max_handshake_size,
-            max_handshake_buffer=max(131072, 2 * settings.limits.max_handshake_size),
-            max_key_updates_per_minute=settings.limits.key_updates_per_minute,
-        ),
+        limits=engine_limits(settings),
         keylog=_keylogger(tls.keylog_file),
         **optional,  # type: ignore[arg-type]
+    )
+
+
+def engine_limits(settings: Settings) -> Limits:
+    """The engine's per-connection bounds from [limits] (docs/robustness.md)."""
+    limits = settings.limits
+    return Limits(
+        max_handshake_message=limits.max_handshake_size,
+        max_handshake_buffer=max(131072, 2 * limits.max_handshake_size),
+        max_key_updates_per_minute=limits.key_updates_per_minute,
+        max_empty_records=limits.max_empty_records,
+        max_warning_alerts=limits.max_warning_alerts,
+        max_ccs=limits.max_change_cipher_spec,
     )
 
 

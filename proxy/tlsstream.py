@@ -7,6 +7,8 @@
 * ``send_eof`` sends close_notify (RFC 8446 §6.1); the peer may keep sending afterwards.
 * A received close_notify is a clean EOF (``b""``); a transport EOF without one is a
   truncation and raises ``TLSTruncated`` so a proxy never forwards it as a clean end.
+* ``abort`` is the reverse: the other side of the proxy ended abruptly, so we close without
+  close_notify and the client sees a truncation instead of a complete answer (§6.1).
 * Writes from the receive side (KeyUpdate answers, alerts) and from ``send_all`` share one
   lock so two tasks — one per direction — may use the stream at the same time.
 * The NewSessionTickets that answer the client's Finished are held and leave with our next
@@ -256,6 +258,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._receiving = False
         self._closed = False
         self._sent_close_notify = False
+        self._aborted = False
 
     # -- handshake -------------------------------------------------------------------------
 
@@ -457,6 +460,11 @@ class TLSStream(trio.abc.HalfCloseableStream):
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
                 pass
 
+    def abort(self) -> None:
+        """Make the coming ``aclose`` end the TCP stream without close_notify: what we relayed
+        was cut short (the backend reset), and the client must be able to tell."""
+        self._aborted = True
+
     async def aclose(self) -> None:
         """Send close_notify if we still owe it (bounded, even when cancelled), then close."""
         if self._closed:
@@ -464,6 +472,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         try:
             if (
                 not self._sent_close_notify
+                and not self._aborted
                 and self.info is not None
                 and self.clean_close is not False
             ):
