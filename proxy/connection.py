@@ -196,6 +196,7 @@ def log_limited(key: str, level: int, message: str, *args: object) -> None:
 # (docs/robustness.md). Matched on the message: TLSError carries only the alert.
 ENGINE_LIMITS = (
     ("bytes exceeds limit", "max_handshake_size"),
+    ("handshake data before completion exceeds limit", "max_handshake_buffer"),
     ("too many empty records", "max_empty_records"),
     ("too many warning alerts", "max_warning_alerts"),
     ("too many change_cipher_spec", "max_change_cipher_spec"),

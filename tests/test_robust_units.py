@@ -6,15 +6,18 @@ first rather than silently dropping a metric."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from certs import Issued, make_leaf
-from engine_helpers import pump, store_for
+from engine_helpers import MiniClient, pump, store_for
 
 from proxy.connection import ENGINE_LIMITS, engine_limit
 from proxy.settings import DEFAULT_SETTINGS
 from proxy.tlsconfig import engine_limits
 from tls13 import ClientConfig, ClientConnection, Limits, ServerConfig, ServerConnection, TLSError
+from tls13.extensions import ExtensionType
+from tls13.groups import BY_NAME as GROUPS
 from tls13.record import ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, HANDSHAKE
 
 TIGHT = Limits(
@@ -88,6 +91,21 @@ def oversized_message(config: ServerConfig) -> TLSError:
     return server_error(ServerConnection(config), header)
 
 
+def handshake_buffer(config: ServerConfig) -> TLSError:
+    # Two padded ClientHellos around a HelloRetryRequest: each fits the message bound, together
+    # they pass max_handshake_buffer.
+    limits = replace(TIGHT, max_handshake_buffer=4096)
+    server = ServerConnection(replace(config, limits=limits, groups=(GROUPS["secp384r1"],)))
+    client = MiniClient(
+        groups=(GROUPS["x25519"], GROUPS["secp384r1"]),
+        share_groups=(GROUPS["x25519"],),
+        extra_extensions=[(ExtensionType.padding, bytes(2500))],
+    )
+    server.receive_data(client.hello_record())
+    client.handle_server_hello(server.data_to_send())
+    return server_error(server, client.hello_record())
+
+
 def record_buffer(config: ServerConfig) -> TLSError:
     # One read far beyond the 1 MiB backstop: a record header promising more, then bulk.
     return server_error(ServerConnection(config), bytes((HANDSHAKE, 3, 1, 0x40, 0)) * 300_000)
@@ -101,6 +119,7 @@ def record_buffer(config: ServerConfig) -> TLSError:
         (key_updates, "key_updates_per_minute"),
         (change_cipher_specs, "max_change_cipher_spec"),
         (oversized_message, "max_handshake_size"),
+        (handshake_buffer, "max_handshake_buffer"),
         (record_buffer, "max_record_buffer"),
     ],
 )
@@ -117,6 +136,7 @@ def test_every_named_limit_is_exercised() -> None:
         "key_updates_per_minute",
         "max_change_cipher_spec",
         "max_handshake_size",
+        "max_handshake_buffer",
         "max_record_buffer",
     }
 

@@ -886,3 +886,31 @@ def test_ip_literal_server_name_is_ignored(
     done = conn.receive_data(client.handle_server_hello(conn.data_to_send()))
     info = [e for e in done if isinstance(e, events.HandshakeComplete)][0]
     assert info.server_name is None and conn.handshake_complete
+
+
+def test_handshake_bytes_before_completion_are_bounded(
+    make_config: Callable[..., ServerConfig],
+) -> None:
+    # Each ClientHello fits max_handshake_message, but the two around a HelloRetryRequest do
+    # not fit max_handshake_buffer together: the second one ends the handshake.
+    limits = Limits(max_handshake_message=4096, max_handshake_buffer=4096)
+    conn = ServerConnection(make_config(groups=(P384,), limits=limits))
+    padding = (ExtensionType.padding, bytes(2500))
+    client = MiniClient(groups=(X25519, P384), share_groups=(X25519,), extra_extensions=[padding])
+    conn.receive_data(client.hello_record())
+    client.handle_server_hello(conn.data_to_send())
+    assert client.hello_retry_group == P384
+    with pytest.raises(TLSError) as err:
+        conn.receive_data(client.hello_record())
+    assert err.value.alert is AlertDescription.illegal_parameter
+    assert "before completion exceeds limit" in err.value.message
+
+
+def test_handshake_buffer_bound_leaves_a_normal_retry_alone(
+    make_config: Callable[..., ServerConfig],
+) -> None:
+    limits = Limits(max_handshake_message=4096, max_handshake_buffer=8192)
+    conn = ServerConnection(make_config(groups=(P384,), limits=limits))
+    client = MiniClient(groups=(X25519, P384), share_groups=(X25519,))
+    info = handshake(conn, client)
+    assert info.hello_retry

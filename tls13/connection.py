@@ -86,6 +86,7 @@ class Connection(ABC):
         self._exporter_secret: bytes | None = None
         self._read_key_changed = False
         self._handshake_done = False
+        self._handshake_bytes_received = 0  # before completion; bounded by max_handshake_buffer
         self._info: events.HandshakeComplete | None = None
         self._close_sent = False
         self._close_received = False
@@ -286,6 +287,16 @@ class Connection(ABC):
             raise TLSError(AlertDescription.unexpected_message, "too many empty records")
 
     def _on_handshake_record(self, payload: bytes) -> None:
+        if not self._handshake_done:
+            # One bound on everything a peer may make us read before the handshake completes
+            # (ClientHellos, certificate chains, …), beyond the per-message bound.
+            self._handshake_bytes_received += len(payload)
+            if self._handshake_bytes_received > self._limits.max_handshake_buffer:
+                raise TLSError(
+                    AlertDescription.illegal_parameter,
+                    "handshake data before completion exceeds limit "
+                    f"({self._limits.max_handshake_buffer} bytes)",
+                )
         messages = self._reassembler.feed(payload)
         for index, (msg_type, raw) in enumerate(messages):
             self._read_key_changed = False
