@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend_helpers import ThreadedBackend
 from certs import Issued, make_ca, make_leaf, write_pair
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -431,40 +432,21 @@ class OpenSSLServer:
 # --------------------------------------------------------------------------- backend
 
 
-class RecordingBackend:
+class RecordingBackend(ThreadedBackend):
     """A TCP echo backend that keeps what each connection delivered (for the daemon tests)."""
 
     def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
+        super().__init__()
         self.received: list[bytearray] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 
     def __enter__(self) -> RecordingBackend:
-        self._thread.start()
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._listener.close()
-        self._thread.join(timeout=TIMEOUT)
-
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:  # __exit__ closes the listener under us: that ends the loop
-                if not select.select([self._listener], [], [], 0.1)[0]:
-                    continue
-                sock, _ = self._listener.accept()
-            except (OSError, ValueError):
-                return
-            buffer = bytearray()
-            with self._lock:
-                self.received.append(buffer)
-            threading.Thread(target=self._echo, args=(sock, buffer), daemon=True).start()
-
-    def _echo(self, sock: socket.socket, buffer: bytearray) -> None:
+    def handle(self, sock: socket.socket) -> None:
+        buffer = bytearray()
+        with self._lock:
+            self.received.append(buffer)
         sock.settimeout(TIMEOUT)
         with sock:
             try:

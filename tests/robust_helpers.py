@@ -6,7 +6,6 @@ also misbehave on purpose, scripted backends that record how each connection end
 from __future__ import annotations
 
 import re
-import select
 import socket
 import struct
 import threading
@@ -15,6 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from backend_helpers import ThreadedBackend
 from proxy_helpers import Site, config_text, pool
 
 from tls13 import ClientConfig, ClientConnection, SessionTicket, TLSError, events
@@ -302,41 +302,22 @@ def read_to_end(sock: socket.socket, seen: BackendConnection) -> None:
         seen.ended = "reset"
 
 
-class ScriptedBackend:
+class ScriptedBackend(ThreadedBackend):
     """A TCP backend running ``script`` on every connection in its own thread."""
 
     def __init__(self, script: Script) -> None:
+        super().__init__(backlog=256)
         self.script = script
-        self._listener = socket.create_server(("127.0.0.1", 0), backlog=256)
-        self.port: int = self._listener.getsockname()[1]
         self.connections: list[BackendConnection] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 
     def __enter__(self) -> ScriptedBackend:
-        self._thread.start()
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._listener.close()
-        self._thread.join(timeout=TIMEOUT)
-
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if not select.select([self._listener], [], [], 0.1)[0]:
-                    continue
-                sock, _ = self._listener.accept()
-            except (OSError, ValueError):
-                return
-            seen = BackendConnection()
-            with self._lock:
-                self.connections.append(seen)
-            threading.Thread(target=self._run, args=(sock, seen), daemon=True).start()
-
-    def _run(self, sock: socket.socket, seen: BackendConnection) -> None:
+    def handle(self, sock: socket.socket) -> None:
+        seen = BackendConnection()
+        with self._lock:
+            self.connections.append(seen)
         sock.settimeout(60)
         try:
             self.script(sock, seen)
