@@ -250,6 +250,8 @@ def test_truncated_record_then_fin_is_an_abrupt_end(site: Site, processes: Proce
         seen = recorder.wait(1)[0]
         assert seen.data == b"complete record"
         assert seen.ended == "reset"
+    # The backend sees the reset before the daemon writes its access line: wait for the line.
+    setup.daemon.wait_for_log("event=access")
     assert setup.access_lines("client_truncated") + setup.access_lines("tls_error") == 1
 
 
