@@ -28,6 +28,8 @@ from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from .alerts import AlertDescription, TLSError
+from .extensions import ExtensionType, encode_certificate_status
+from .messages import Certificate, CertificateEntry
 from .signatures import HANDSHAKE_SCHEMES, SCHEMES, certificate_key_kind, key_kind
 
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -84,6 +86,10 @@ class CertificateChain:
     #: When the OCSP response stops being stapleable (its nextUpdate, epoch seconds);
     #: None when there is no usable response, +inf when it names no nextUpdate.
     ocsp_valid_until: float | None = field(init=False)
+    # Our Certificate message by OCSP staple (None: none stapled), built on first use.
+    _messages: dict[bytes | None, bytes] = field(
+        init=False, default_factory=dict, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not self.certificates:
@@ -124,6 +130,20 @@ class CertificateChain:
         if until is None or now > until:
             return None
         return self.ocsp_response
+
+    def certificate_message(self, staple: bytes | None) -> bytes:
+        """This chain as a server's Certificate message (RFC 8446 §4.4.2: empty request
+        context; header included), ``staple`` riding in the leaf's entry (§4.4.2.1).
+
+        The bytes only change with the staple, so they are encoded once per staple and
+        every handshake reuses them (at most two are kept: a staple and none, when stale).
+        """
+        message = self._messages.get(staple)
+        if message is None:
+            if len(self._messages) >= 2:
+                self._messages.clear()
+            message = self._messages[staple] = _certificate_message(self.der_chain, staple)
+        return message
 
     @classmethod
     def from_pem(
@@ -172,6 +192,16 @@ class CertificateChain:
         return True
 
 
+def _certificate_message(der_chain: Sequence[bytes], staple: bytes | None) -> bytes:
+    entries = []
+    for index, der in enumerate(der_chain):
+        extensions: list[tuple[int, bytes]] = []
+        if index == 0 and staple is not None:
+            extensions.append((ExtensionType.status_request, encode_certificate_status(staple)))
+        entries.append(CertificateEntry(der, extensions))
+    return Certificate(b"", tuple(entries)).serialize()
+
+
 def _ocsp_valid_until(response: bytes | None, leaf: x509.Certificate) -> float | None:
     """Parse a configured OCSP response once: until when it may be stapled.
 
@@ -192,6 +222,9 @@ def _ocsp_valid_until(response: bytes | None, leaf: x509.Certificate) -> float |
     return next_update.timestamp() if next_update is not None else math.inf
 
 
+_SELECT_CACHE_SIZE = 1024
+
+
 class CertificateStore:
     """Our chains by name; ``default`` (or the first chain) answers unknown or absent SNI."""
 
@@ -206,6 +239,11 @@ class CertificateStore:
         self.chains: tuple[CertificateChain, ...] = tuple(chains)
         self.default = default if default is not None else self.chains[0]
         self.preference = tuple(preference)
+        # select() answers by (name, schemes, cert schemes): clients repeat a few offers.
+        self._selected: dict[
+            tuple[str | None, tuple[int, ...], tuple[int, ...] | None],
+            tuple[CertificateChain, int],
+        ] = {}
         self._exact: dict[str, list[CertificateChain]] = {}
         self._wildcard: dict[str, list[CertificateChain]] = {}
         for chain in self.chains:
@@ -244,7 +282,27 @@ class CertificateStore:
         the client accepts (signature_algorithms_cert, or signature_algorithms when
         absent) are preferred, then the server's scheme preference order decides.
         Raises ``handshake_failure`` when no chain can sign with an offered scheme.
+        Answers are remembered (a bounded cache): the store never changes.
         """
+        key = (
+            server_name,
+            tuple(offered_schemes),
+            None if offered_cert_schemes is None else tuple(offered_cert_schemes),
+        )
+        found = self._selected.get(key)
+        if found is None:
+            found = self._select(server_name, offered_schemes, offered_cert_schemes)
+            if len(self._selected) >= _SELECT_CACHE_SIZE:
+                self._selected.clear()
+            self._selected[key] = found
+        return found
+
+    def _select(
+        self,
+        server_name: str | None,
+        offered_schemes: Sequence[int],
+        offered_cert_schemes: Sequence[int] | None,
+    ) -> tuple[CertificateChain, int]:
         offered = set(offered_schemes)
         ranked = [code for code in self.preference if code in offered]
         cert_schemes = offered_cert_schemes if offered_cert_schemes is not None else offered_schemes

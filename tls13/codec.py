@@ -97,6 +97,23 @@ class Reader:
         pos = self._take(n)
         return Reader(self._data, pos, pos + n)
 
+    def pairs16(self) -> list[tuple[int, builtins.bytes]]:
+        """Everything left as ``(uint16 type, opaque body<0..2^16-1>)`` pairs: the framing
+        of an extensions block, read in one tight loop (the ClientHello hot path)."""
+        data, pos, end = self._data, self._pos, self._end
+        pairs: list[tuple[int, builtins.bytes]] = []
+        while pos < end:
+            body_start = pos + 4
+            if body_start > end:
+                raise decode_error("truncated")
+            body_end = body_start + ((data[pos + 2] << 8) | data[pos + 3])
+            if body_end > end:
+                raise decode_error("truncated")
+            pairs.append(((data[pos] << 8) | data[pos + 1], bytes(data[body_start:body_end])))
+            pos = body_end
+        self._pos = pos
+        return pairs
+
     def uint16_list(self, width: int, minimum: int = 0) -> list[int]:
         """A vector of uint16 values (cipher suites, groups, schemes)."""
         n = self._length(width)

@@ -8,6 +8,7 @@ known-answer traces (RFC 8448 style) replay byte for byte.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -16,9 +17,9 @@ from typing import TYPE_CHECKING, Literal
 
 from cryptography import x509
 
-from .extensions import PSK_DHE_KE, PSK_KE
-from .groups import DEFAULT_GROUPS
-from .suites import DEFAULT_SUITES
+from .extensions import PSK_DHE_KE, PSK_KE, encode_uint16_list
+from .groups import DEFAULT_GROUPS, GROUPS, Group
+from .suites import DEFAULT_SUITES, SUITES, CipherSuite
 from .tickets import ReplayRegister
 
 if TYPE_CHECKING:
@@ -217,6 +218,32 @@ class ServerConfig:
             object.__setattr__(self, "cookie_secret", self.random(32))
         elif len(self.cookie_secret) < 16:
             raise ValueError("cookie_secret must be at least 16 bytes")
+
+    # Values derived from the (frozen) fields, computed on first use and kept on the
+    # instance, so a handshake reads them instead of rebuilding them per connection.
+
+    @functools.cached_property
+    def ranked_groups(self) -> tuple[Group, ...]:
+        """Our known groups, best first: the hybrid PQ group, then our order."""
+        codes = [code for code in self.groups if code in GROUPS]
+        if X25519MLKEM768 in codes:
+            codes.remove(X25519MLKEM768)
+            codes.insert(0, X25519MLKEM768)
+        return tuple(GROUPS[code] for code in codes)
+
+    @functools.cached_property
+    def known_suites(self) -> tuple[CipherSuite, ...]:
+        """Our cipher suites that the engine implements, in our order."""
+        return tuple(SUITES[code] for code in self.cipher_suites if code in SUITES)
+
+    @functools.cached_property
+    def signature_scheme_set(self) -> frozenset[int]:
+        return frozenset(self.signature_schemes)
+
+    @functools.cached_property
+    def supported_groups_body(self) -> bytes:
+        """The EncryptedExtensions supported_groups body (RFC 8446 §4.2.7): our known groups."""
+        return encode_uint16_list([code for code in self.groups if code in GROUPS])
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from . import events
 from .alerts import AlertDescription, AlertLevel, TLSError, alert_name, decode_error
 from .config import Limits
-from .keyschedule import export, next_traffic_secret
+from .keyschedule import KeySchedule, export, next_traffic_secret
 from .messages import HandshakeReassembler, HandshakeType, KeyUpdate
 from .record import RecordLayer
 from .suites import CipherSuite
@@ -84,6 +84,9 @@ class Connection(ABC):
         self._read_secret: bytes | None = None  # current application traffic secrets
         self._write_secret: bytes | None = None
         self._exporter_secret: bytes | None = None
+        # Until first use: the schedule and transcript hash (through the server Finished)
+        # the exporter_master_secret derives from (§7.1); most connections never export.
+        self._exporter_source: tuple[KeySchedule, bytes] | None = None
         self._read_key_changed = False
         self._handshake_done = False
         self._handshake_bytes_received = 0  # before completion; bounded by max_handshake_buffer
@@ -167,11 +170,12 @@ class Connection(ABC):
 
     def export_keying_material(self, label: bytes, context: bytes, length: int) -> bytes:
         """RFC 8446 §7.5 exporter over the exporter_master_secret."""
-        if self._exporter_secret is None or self._suite is None:
+        exporter_secret = self._exporter()
+        if exporter_secret is None or self._suite is None:
             raise ConnectionStateError("exporters are available after the handshake")
         if not 0 < length <= 255 * self._suite.hash_len:
             raise ConnectionStateError("exporter length out of range")
-        return export(self._suite.hash, self._exporter_secret, label, context, length)
+        return export(self._suite.hash, exporter_secret, label, context, length)
 
     # ------------------------------------------------------------------ subclass interface
 
@@ -236,6 +240,22 @@ class Connection(ABC):
         """Remember the traffic secrets KeyUpdate will ratchet (RFC 8446 §7.2)."""
         self._read_secret = read_secret
         self._write_secret = write_secret
+
+    def _set_exporter_source(self, schedule: KeySchedule, transcript_hash: bytes) -> None:
+        """Remember where the exporter_master_secret comes from; it is derived on first
+        use, or at once when a keylog wants it (EXPORTER_SECRET)."""
+        self._exporter_source = (schedule, transcript_hash)
+        if self._keylog is not None:
+            exporter_secret = self._exporter()
+            assert exporter_secret is not None
+            self._log_secret("EXPORTER_SECRET", exporter_secret)
+
+    def _exporter(self) -> bytes | None:
+        if self._exporter_secret is None and self._exporter_source is not None:
+            schedule, transcript_hash = self._exporter_source
+            self._exporter_secret = schedule.exporter_master_secret(transcript_hash)
+            self._exporter_source = None
+        return self._exporter_secret
 
     def _log_secret(self, label: str, secret: bytes) -> None:
         """One SSLKEYLOGFILE line (NSS format) for the configured callback, if any."""

@@ -15,12 +15,17 @@ the client with :func:`check_offered`.
 from __future__ import annotations
 
 import ipaddress
+import struct
+import sys
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
 from .alerts import AlertDescription, TLSError, decode_error, illegal_parameter
 from .codec import Reader, Writer
+
+_SWAP = sys.byteorder == "little"  # array("H") is native-endian; the wire is big-endian
 
 Extensions = list[tuple[int, bytes]]
 """An ordered list of ``(extension type, raw body)`` pairs."""
@@ -130,26 +135,33 @@ def is_grease(value: int) -> bool:
 # --------------------------------------------------------------------------
 
 
-def parse_extensions(reader: Reader, context: int, minimum: int = 0) -> Extensions:
+def parse_extensions(
+    reader: Reader, context: int, minimum: int = 0, decoded: dict[int, object] | None = None
+) -> Extensions:
     """Read an ``Extension extensions<minimum..2^16-1>`` block for ``context``.
 
     ``context`` is an :class:`ExtContext` (a HandshakeType value works for
-    every message except HelloRetryRequest and CertificateEntry).
+    every message except HelloRetryRequest and CertificateEntry).  With ``decoded``
+    the value each recognized body decodes to (what the message's typed accessor
+    returns) is stored there by extension type, so a receiver decodes each body once.
     """
     ctx = ExtContext(context)
-    block = reader.sub(2, minimum)
-    result: Extensions = []
+    rules = _RULES[ctx]
+    result = reader.sub(2, minimum).pairs16()
     seen: set[int] = set()
-    while not block.at_end():
-        ext_type = block.uint16()
-        body = block.vector(2)
+    for ext_type, body in result:
         # RFC 8446 §4.2: at most one extension of each type in a block.
         if ext_type in seen:
             raise illegal_parameter(f"duplicate extension {ext_type}")
         seen.add(ext_type)
-        _check_placement(ext_type, ctx)
-        _check_body(ext_type, ctx, body)
-        result.append((ext_type, body))
+        if ext_type in rules:
+            check = rules[ext_type]
+            if check is not None:
+                value = check(body)
+                if decoded is not None:
+                    decoded[ext_type] = value
+        else:
+            _check_placement(ext_type, ctx)
     if ctx is _CH and ExtensionType.pre_shared_key in seen:
         # RFC 8446 §4.2.11: pre_shared_key must be the last extension in ClientHello.
         if result[-1][0] != ExtensionType.pre_shared_key:
@@ -172,10 +184,24 @@ def _check_placement(ext_type: int, ctx: ExtContext) -> None:
 
 def write_extensions(writer: Writer, extensions: Iterable[tuple[int, bytes]]) -> None:
     """Write an extensions block with its 2-byte length prefix."""
-    with writer.prefixed(2):
-        for ext_type, body in extensions:
-            writer.uint16(ext_type)
-            writer.vector(2, body)
+    writer.bytes(encode_extensions(extensions))
+
+
+def encode_extensions(extensions: Iterable[tuple[int, bytes]]) -> bytes:
+    """An extensions block with its 2-byte length prefix, built in one join."""
+    parts = []
+    for ext_type, body in extensions:
+        if len(body) > 0xFFFF:
+            raise ValueError("vector too long for its length prefix")
+        parts.append(_EXT_HEAD(ext_type, len(body)))
+        parts.append(body)
+    block = b"".join(parts)
+    if len(block) > 0xFFFF:
+        raise ValueError("vector too long for its length prefix")
+    return len(block).to_bytes(2, "big") + block
+
+
+_EXT_HEAD = struct.Struct(">HH").pack  # extension_type, extension_data length
 
 
 def find_extension(extensions: Sequence[tuple[int, bytes]], ext_type: int) -> bytes | None:
@@ -299,10 +325,7 @@ def decode_supported_versions_ch(body: bytes) -> list[int]:
     r.expect_end("supported_versions")
     if versions.remaining % 2:
         raise decode_error("odd supported_versions length")
-    result = []
-    while not versions.at_end():
-        result.append(versions.uint16())
-    return result
+    return _uint16s(body, 1)
 
 
 def encode_supported_versions_ch(versions: Sequence[int]) -> bytes:
@@ -335,10 +358,25 @@ decode_selected_identity = decode_uint16_body
 
 def decode_uint16_list(body: bytes, what: str = "list") -> list[int]:
     """NamedGroupList / SignatureSchemeList: a non-empty uint16 list."""
-    r = _reader(body)
-    values = r.uint16_list(2, 2)
-    r.expect_end(what)
-    return values
+    size = len(body)
+    if size < 2:
+        raise decode_error("truncated")
+    length = (body[0] << 8) | body[1]
+    if length % 2 or length < 2:
+        raise decode_error("bad uint16 list length")
+    if length + 2 != size:
+        if length + 2 > size:
+            raise decode_error("truncated")
+        raise decode_error(f"{size - 2 - length} trailing bytes after {what}")
+    return _uint16s(body, 2)
+
+
+def _uint16s(data: bytes, start: int) -> list[int]:
+    """Big-endian uint16 values from ``data[start:]`` (an even number of bytes)."""
+    values = array("H", data[start:])
+    if _SWAP:
+        values.byteswap()
+    return values.tolist()
 
 
 def encode_uint16_list(values: Sequence[int]) -> bytes:
@@ -672,7 +710,12 @@ _BODY_CHECKS: dict[tuple[int, ExtContext], Callable[[bytes], object]] = {
 }
 
 
-def _check_body(ext_type: int, ctx: ExtContext, body: bytes) -> None:
-    check = _BODY_CHECKS.get((ext_type, ctx))
-    if check is not None:
-        check(body)
+# Per message: every extension allowed there -> its body check (None: no body syntax to check).
+_RULES: dict[ExtContext, dict[int, Callable[[bytes], object] | None]] = {
+    ctx: {
+        ext_type: _BODY_CHECKS.get((ext_type, ctx))
+        for ext_type, contexts in ALLOWED.items()
+        if ctx in contexts
+    }
+    for ctx in ExtContext
+}

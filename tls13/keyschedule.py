@@ -59,13 +59,24 @@ def _label_head(label: bytes, length: int) -> bytes:
     return length.to_bytes(2, "big") + bytes((len(full_label),)) + full_label
 
 
+@functools.lru_cache(maxsize=128)
+def _empty_context_info(label: bytes, length: int) -> bytes:
+    """The whole HkdfLabel for an empty context ("key", "iv", "finished", "traffic upd")."""
+    return _label_head(label, length) + b"\x00"
+
+
 def hkdf_expand_label(
     hash: hashes.HashAlgorithm, secret: bytes, label: bytes, context: bytes, length: int
 ) -> bytes:
     """HKDF-Expand-Label (§7.1): the HkdfLabel structure as ``info``."""
-    if len(context) > 255:
+    if type(label) is not bytes:
+        label = bytes(label)  # a hashable cache key (exporter labels may be any buffer)
+    if not context:
+        info = _empty_context_info(label, length)
+    elif len(context) > 255:
         raise ValueError("HKDF context out of range")
-    info = _label_head(bytes(label), length) + bytes((len(context),)) + context
+    else:
+        info = _label_head(label, length) + bytes((len(context),)) + context
     return HKDFExpand(hash, length, info).derive(secret)
 
 

@@ -12,6 +12,7 @@ messages; :func:`parse_message` dispatches a complete message to its class.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
@@ -55,7 +56,7 @@ def _frame(msg_type: int, body: bytes) -> bytes:
     """Prefix ``body`` with the handshake header (type, uint24 length)."""
     if len(body) > 0xFFFFFF:
         raise ValueError("handshake message too long")
-    return bytes([msg_type]) + len(body).to_bytes(3, "big") + body
+    return ((msg_type << 24) | len(body)).to_bytes(4, "big") + body
 
 
 class _Ext:
@@ -94,6 +95,14 @@ class ClientHello(_Ext):
 
     @classmethod
     def parse(cls, body: bytes) -> ClientHello:
+        return cls(*cls.parse_fields(body))
+
+    @staticmethod
+    def parse_fields(
+        body: bytes, decoded: dict[int, object] | None = None
+    ) -> tuple[bytes, bytes, tuple[int, ...], Extensions, int, bytes, bool]:
+        """The constructor arguments of a ClientHello body, in field order; ``decoded``
+        receives each recognized extension's decoded value (see ``parse_extensions``)."""
         r = Reader(body)
         legacy_version = r.uint16()
         random = r.bytes(32)
@@ -105,11 +114,9 @@ class ClientHello(_Ext):
         # A ClientHello without any extensions is pre-TLS-1.3; the state
         # machine answers it with protocol_version, so accept it here.
         has_block = not r.at_end()
-        extensions = ext.parse_extensions(r, ExtContext.CH) if has_block else []
+        extensions = ext.parse_extensions(r, ExtContext.CH, 0, decoded) if has_block else []
         r.expect_end("ClientHello")
-        return cls(
-            random, session_id, tuple(suites), extensions, legacy_version, compression, has_block
-        )
+        return random, session_id, tuple(suites), extensions, legacy_version, compression, has_block
 
     def serialize(self) -> bytes:
         w = Writer()
@@ -259,15 +266,24 @@ class ServerHello(_Ext):
         return cls(random, session_id, suite, extensions, legacy_version, compression, has_block)
 
     def serialize(self) -> bytes:
-        w = Writer()
-        w.uint16(self.legacy_version)
-        w.bytes(self.random)
-        w.vector(1, self.legacy_session_id_echo)
-        w.uint16(self.cipher_suite)
-        w.uint8(self.legacy_compression_method)
-        if self.extensions or self.extensions_block:
-            ext.write_extensions(w, self.extensions)
-        return _frame(self.msg_type, w.getvalue())
+        session_id = self.legacy_session_id_echo
+        if len(session_id) > 0xFF:
+            raise ValueError("vector too long for its length prefix")
+        tail = _SERVER_HELLO_TAIL(self.cipher_suite, self.legacy_compression_method)
+        block = (
+            ext.encode_extensions(self.extensions)
+            if self.extensions or self.extensions_block
+            else b""
+        )
+        return _frame(
+            self.msg_type,
+            self.legacy_version.to_bytes(2, "big")
+            + self.random
+            + bytes((len(session_id),))
+            + session_id
+            + tail
+            + block,
+        )
 
     def selected_version(self) -> int | None:
         body = self.extension(ExtensionType.supported_versions)
@@ -294,6 +310,9 @@ class ServerHello(_Ext):
     def selected_identity(self) -> int | None:
         body = self.extension(ExtensionType.pre_shared_key)
         return None if body is None else ext.decode_uint16_body(body)
+
+
+_SERVER_HELLO_TAIL = struct.Struct(">HB").pack  # cipher_suite, legacy_compression_method
 
 
 def _server_hello_extensions(body: bytes, r: Reader, context: ExtContext) -> Extensions:
@@ -334,9 +353,7 @@ class EncryptedExtensions(_Ext):
         return cls(extensions)
 
     def serialize(self) -> bytes:
-        w = Writer()
-        ext.write_extensions(w, self.extensions)
-        return _frame(self.msg_type, w.getvalue())
+        return _frame(self.msg_type, ext.encode_extensions(self.extensions))
 
     def alpn_protocol(self) -> str | None:
         body = self.extension(ExtensionType.application_layer_protocol_negotiation)
@@ -467,10 +484,13 @@ class CertificateVerify:
         return cls(algorithm, signature)
 
     def serialize(self) -> bytes:
-        w = Writer()
-        w.uint16(self.algorithm)
-        w.vector(2, self.signature)
-        return _frame(self.msg_type, w.getvalue())
+        signature = self.signature
+        if len(signature) > 0xFFFF:
+            raise ValueError("vector too long for its length prefix")
+        return _frame(self.msg_type, _CV_HEAD(self.algorithm, len(signature)) + signature)
+
+
+_CV_HEAD = struct.Struct(">HH").pack  # algorithm, signature length
 
 
 @dataclass(frozen=True)
@@ -516,18 +536,25 @@ class NewSessionTicket(_Ext):
         return cls(lifetime, age_add, nonce, ticket, extensions)
 
     def serialize(self) -> bytes:
-        w = Writer()
-        w.uint32(self.ticket_lifetime)
-        w.uint32(self.ticket_age_add)
-        w.vector(1, self.ticket_nonce)
-        w.vector(2, self.ticket)
-        ext.write_extensions(w, self.extensions)
-        return _frame(self.msg_type, w.getvalue())
+        nonce, ticket = self.ticket_nonce, self.ticket
+        if len(nonce) > 0xFF or len(ticket) > 0xFFFF:
+            raise ValueError("vector too long for its length prefix")
+        return _frame(
+            self.msg_type,
+            _TICKET_HEAD(self.ticket_lifetime, self.ticket_age_add, len(nonce))
+            + nonce
+            + len(ticket).to_bytes(2, "big")
+            + ticket
+            + ext.encode_extensions(self.extensions),
+        )
 
     def max_early_data_size(self) -> int:
         """0 when the ticket does not allow 0-RTT."""
         body = self.extension(ExtensionType.early_data)
         return 0 if body is None else ext.decode_max_early_data(body)
+
+
+_TICKET_HEAD = struct.Struct(">IIB").pack  # ticket_lifetime, ticket_age_add, nonce length
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ import enum
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from types import MethodType
+from typing import cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -43,7 +44,7 @@ from . import extensions as ext
 from .alerts import AlertDescription, TLSError, handshake_failure, illegal_parameter
 from .certificates import CertificateChain, verify_chain
 from .codec import Reader, Writer
-from .config import EARLY_DATA_AGE_TOLERANCE, X25519MLKEM768, ServerConfig
+from .config import EARLY_DATA_AGE_TOLERANCE, ServerConfig
 from .connection import Connection, ConnectionStateError, Handler
 from .extensions import ExtensionType, KeyShareEntry
 from .groups import GROUPS, Group
@@ -57,7 +58,6 @@ from .keyschedule import (
 from .messages import (
     HELLO_RETRY_REQUEST_RANDOM,
     Certificate,
-    CertificateEntry,
     CertificateRequest,
     CertificateVerify,
     ClientHello,
@@ -103,6 +103,10 @@ _DEFAULT_EARLY_DATA_SKIP = 16384
 
 
 class ServerState(enum.Enum):
+    # Members are singletons compared by identity: hash them like objects (C speed), not
+    # by name as Enum does in Python, since the handler table is keyed on the state.
+    __hash__ = object.__hash__
+
     START = enum.auto()
     WAIT_CH2 = enum.auto()
     WAIT_EOED = enum.auto()
@@ -150,6 +154,7 @@ class _Resumption:
     obfuscated_age: int
     ticket: bytes  # the PSK identity: 0-RTT anti-replay key (§8.1 single use)
     mode: int  # psk_dhe_ke or psk_ke (§4.2.9)
+    schedule: KeySchedule  # at the Early Secret of this PSK (checked the binder)
 
 
 @dataclass(frozen=True)
@@ -173,38 +178,86 @@ class _PeerAuth:
     identity: events.ClientIdentity | None = None
 
 
-_T = TypeVar("_T")
+# Extension types as plain ints: the received ClientHello's lookups are dict hits.
+_SERVER_NAME = int(ExtensionType.server_name)
+_SUPPORTED_GROUPS = int(ExtensionType.supported_groups)
+_KEY_SHARE = int(ExtensionType.key_share)
+_ALPN = int(ExtensionType.application_layer_protocol_negotiation)
+_PSK_MODES = int(ExtensionType.psk_key_exchange_modes)
+_PRE_SHARED_KEY = int(ExtensionType.pre_shared_key)
+_SUPPORTED_VERSIONS = int(ExtensionType.supported_versions)
+_SIGNATURE_ALGORITHMS = int(ExtensionType.signature_algorithms)
+_SIGNATURE_ALGORITHMS_CERT = int(ExtensionType.signature_algorithms_cert)
+_COOKIE = int(ExtensionType.cookie)
+_EARLY_DATA = int(ExtensionType.early_data)
+_POST_HANDSHAKE_AUTH = int(ExtensionType.post_handshake_auth)
+_RECORD_SIZE_LIMIT = int(ExtensionType.record_size_limit)
+_STATUS_REQUEST = int(ExtensionType.status_request)
 
 
 @dataclass(frozen=True)
 class _ReceivedHello(ClientHello):
-    """A received ClientHello that decodes each extension the server asks for once: the
-    handshake consults the name, the PSK offer, the shares and the groups several times."""
+    """A received ClientHello whose extensions were decoded once, while parsing: the
+    handshake consults the name, the PSK offer, the shares and the groups several times,
+    so every typed accessor is a dict lookup (``decoded`` holds what the accessor of
+    each present, recognized extension returns; ``bodies`` the raw bodies by type)."""
 
-    decoded: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+    decoded: dict[int, object] = field(default_factory=dict, repr=False, compare=False)
+    bodies: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
 
-    def _once(self, name: str, decode: Callable[[], _T]) -> _T:
-        if name not in self.decoded:
-            self.decoded[name] = decode()
-        return cast(_T, self.decoded[name])
+    @classmethod
+    def parse(cls, body: bytes) -> _ReceivedHello:
+        decoded: dict[int, object] = {}
+        fields = ClientHello.parse_fields(body, decoded)
+        return cls(*fields, decoded, dict(fields[3]))
+
+    def extension(self, ext_type: int) -> bytes | None:
+        return self.bodies.get(ext_type)
+
+    def has(self, ext_type: int) -> bool:
+        return ext_type in self.bodies
 
     def server_name(self) -> str | None:
-        return self._once("server_name", super().server_name)
+        return cast("str | None", self.decoded.get(_SERVER_NAME))
+
+    def supported_versions(self) -> list[int] | None:
+        return cast("list[int] | None", self.decoded.get(_SUPPORTED_VERSIONS))
 
     def supported_groups(self) -> list[int] | None:
-        return self._once("supported_groups", super().supported_groups)
+        return cast("list[int] | None", self.decoded.get(_SUPPORTED_GROUPS))
 
     def key_shares(self) -> list[KeyShareEntry] | None:
-        return self._once("key_shares", super().key_shares)
+        return cast("list[KeyShareEntry] | None", self.decoded.get(_KEY_SHARE))
+
+    def signature_algorithms(self) -> list[int] | None:
+        return cast("list[int] | None", self.decoded.get(_SIGNATURE_ALGORITHMS))
+
+    def signature_algorithms_cert(self) -> list[int] | None:
+        return cast("list[int] | None", self.decoded.get(_SIGNATURE_ALGORITHMS_CERT))
 
     def alpn_protocols(self) -> list[str] | None:
-        return self._once("alpn_protocols", super().alpn_protocols)
+        return cast("list[str] | None", self.decoded.get(_ALPN))
+
+    def cookie(self) -> bytes | None:
+        return cast("bytes | None", self.decoded.get(_COOKIE))
 
     def psk_key_exchange_modes(self) -> list[int] | None:
-        return self._once("psk_key_exchange_modes", super().psk_key_exchange_modes)
+        return cast("list[int] | None", self.decoded.get(_PSK_MODES))
 
     def pre_shared_key(self) -> ext.OfferedPsks | None:
-        return self._once("pre_shared_key", super().pre_shared_key)
+        return cast("ext.OfferedPsks | None", self.decoded.get(_PRE_SHARED_KEY))
+
+    def early_data(self) -> bool:
+        return _EARLY_DATA in self.bodies
+
+    def post_handshake_auth(self) -> bool:
+        return _POST_HANDSHAKE_AUTH in self.bodies
+
+    def record_size_limit(self) -> int | None:
+        return cast("int | None", self.decoded.get(_RECORD_SIZE_LIMIT))
+
+    def status_request(self) -> ext.StatusRequest | None:
+        return cast("ext.StatusRequest | None", self.decoded.get(_STATUS_REQUEST))
 
 
 class ServerConnection(Connection):
@@ -221,19 +274,6 @@ class ServerConnection(Connection):
         )
         self._config = config
         self._state: enum.Enum = ServerState.START
-        self._handlers: dict[tuple[enum.Enum, int], Handler] = {
-            (ServerState.START, HandshakeType.client_hello): self._on_client_hello,
-            (ServerState.WAIT_CH2, HandshakeType.client_hello): self._on_client_hello_retry,
-            (ServerState.WAIT_EOED, HandshakeType.end_of_early_data): self._on_end_of_early_data,
-            (ServerState.WAIT_CERT, HandshakeType.certificate): self._on_certificate,
-            (ServerState.WAIT_CV, HandshakeType.certificate_verify): self._on_certificate_verify,
-            (ServerState.WAIT_FINISHED, HandshakeType.finished): self._on_finished,
-            (ServerState.POST_WAIT_CERT, HandshakeType.certificate): self._on_certificate,
-            (ServerState.POST_WAIT_CV, HandshakeType.certificate_verify): (
-                self._on_certificate_verify
-            ),
-            (ServerState.POST_WAIT_FINISHED, HandshakeType.finished): self._on_post_finished,
-        }
         self._key_schedule: KeySchedule | None = None
         self._first_hello: ClientHello | None = None  # kept only without stateless_retry
         self._hello_raw = b""  # the ClientHello being answered, as received (binder input)
@@ -286,7 +326,8 @@ class ServerConnection(Connection):
     # ------------------------------------------------------------------ base-class hooks
 
     def _handler_for(self, msg_type: int) -> Handler | None:
-        return self._handlers.get((self._state, msg_type))
+        handler = _HANDLERS.get((self._state, msg_type))
+        return None if handler is None else MethodType(handler, self)
 
     def _ccs_allowed(self) -> bool:
         if self._state is ServerState.START and self._config.stateless_retry:
@@ -439,24 +480,21 @@ class ServerConnection(Connection):
         return _Selection(suite, best, by_group.get(best.code))
 
     def _select_suite(self, hello: ClientHello) -> CipherSuite:
-        ours = [code for code in self._config.cipher_suites if code in SUITES]
+        ours = self._config.known_suites
         offered = hello.cipher_suites
         if self._config.prefer_client_suites:
-            order = [code for code in offered if code in ours]
+            by_code = {suite.code: suite for suite in ours}
+            order = [by_code[code] for code in offered if code in by_code]
         else:
-            order = [code for code in ours if code in offered]
+            order = [suite for suite in ours if suite.code in offered]
         if not order:
             raise handshake_failure("no common cipher suite")
-        return SUITES[order[0]]
+        return order[0]
 
     def _group_candidates(self, client_groups: list[int]) -> list[Group]:
         """Acceptable groups, best first: the hybrid PQ group, then our order."""
         offered = set(client_groups)
-        ours = [code for code in self._config.groups if code in GROUPS and code in offered]
-        if X25519MLKEM768 in ours:
-            ours.remove(X25519MLKEM768)
-            ours.insert(0, X25519MLKEM768)
-        return [GROUPS[code] for code in ours]
+        return [group for group in self._config.ranked_groups if group.code in offered]
 
     def _early_skip_limit(self) -> int:
         return max(self._config.max_early_data, _DEFAULT_EARLY_DATA_SKIP)
@@ -582,8 +620,10 @@ class ServerConnection(Connection):
         self._server_name = hello.server_name()
         self._alpn = self._select_alpn(hello)
         self._transcript.update(raw)
-        schedule = KeySchedule(selection.suite)
-        schedule.set_psk(resumption.state.psk if resumption is not None else None)
+        if resumption is not None:
+            schedule = resumption.schedule
+        else:
+            schedule = KeySchedule(selection.suite)
         self._key_schedule = schedule
         self._resumption = resumption
         self._early_accepted = self._accept_early_data(hello, resumption)
@@ -602,7 +642,7 @@ class ServerConnection(Connection):
             chain, scheme = certificate
             if self._config.client_auth != "none":
                 self._send_certificate_request(b"")
-            self._send_certificate(chain, b"", _wants_ocsp(hello))
+            self._send_certificate(chain, _wants_ocsp(hello))
             self._send_certificate_verify(chain, scheme)
         self._send_server_finished()
         if self._early_accepted:
@@ -666,9 +706,9 @@ class ServerConnection(Connection):
                 continue  # the PSK's hash must match the negotiated suite's
             if not self._ticket_fits(state, hello):
                 continue
-            self._check_binder(offered, suite, state.psk, index)
+            schedule = self._check_binder(offered, suite, state.psk, index)
             age = identity.obfuscated_ticket_age
-            return _Resumption(index, state, age, identity.identity, mode)
+            return _Resumption(index, state, age, identity.identity, mode, schedule)
         return None
 
     def _ticket_fits(self, state: SessionState, hello: ClientHello) -> bool:
@@ -702,11 +742,12 @@ class ServerConnection(Connection):
 
     def _check_binder(
         self, offered: ext.OfferedPsks, suite: CipherSuite, psk: bytes, index: int
-    ) -> None:
+    ) -> KeySchedule:
         """§4.2.11.2: the binder is a Finished over the transcript up to the binders.
 
         pre_shared_key is the last extension (the parser enforces §4.2.11), so the binders
-        vector ends the ClientHello: the binder input is the received message minus it."""
+        vector ends the ClientHello: the binder input is the received message minus it.
+        Returns the key schedule at this PSK's Early Secret, for the handshake to go on."""
         assert self._transcript is not None
         schedule = KeySchedule(suite)
         schedule.set_psk(psk)
@@ -716,6 +757,7 @@ class ServerConnection(Connection):
         expected = finished_verify_data(suite.hash, schedule.binder_key(True), partial.digest())
         if not hmac.compare_digest(expected, offered.binders[index]):
             raise TLSError(AlertDescription.decrypt_error, "PSK binder does not verify")
+        return schedule
 
     def _accept_early_data(self, hello: ClientHello, resumption: _Resumption | None) -> bool:
         """RFC 8446 §4.2.10: accept 0-RTT only for the first PSK, same suite and ALPN,
@@ -768,7 +810,12 @@ class ServerConnection(Connection):
             return
         if not any(mode in self._psk_modes for mode in config.psk_modes):
             return  # §4.2.9: the client could never use the ticket with us
-        assert self._suite is not None
+        assert self._suite is not None and self._key_schedule is not None
+        assert self._transcript is not None
+        # §7.1: resumption_master_secret over the transcript through the client Finished.
+        self._resumption_secret = self._key_schedule.resumption_master_secret(
+            self._transcript.digest()
+        )
         for count in range(config.tickets):
             nonce = count.to_bytes(2, "big")
             state = SessionState(
@@ -811,7 +858,8 @@ class ServerConnection(Connection):
         if schemes is None:
             # RFC 8446 §4.2.3: certificate authentication requires signature_algorithms.
             raise TLSError(AlertDescription.missing_extension, "no signature_algorithms")
-        usable = [code for code in schemes if code in self._config.signature_schemes]
+        ours = self._config.signature_scheme_set
+        usable = [code for code in schemes if code in ours]
         name = self._server_name
         store = self._config.certificates
         if name is not None and self._config.unknown_name == "reject" and not store.has_name(name):
@@ -867,8 +915,7 @@ class ServerConnection(Connection):
     def _encrypted_extensions(self, hello: ClientHello) -> EncryptedExtensions:
         extensions: list[tuple[int, bytes]] = []
         if self._config.send_supported_groups:
-            groups = [code for code in self._config.groups if code in GROUPS]
-            extensions.append((ExtensionType.supported_groups, ext.encode_uint16_list(groups)))
+            extensions.append((ExtensionType.supported_groups, self._config.supported_groups_body))
         if hello.record_size_limit() is not None:
             # RFC 8449 §4: the TLS 1.3 value includes the inner content type byte.
             own_limit = self._config.record_size_limit + 1
@@ -911,19 +958,10 @@ class ServerConnection(Connection):
         else:
             self._send_handshake(message)
 
-    def _send_certificate(self, chain: CertificateChain, context: bytes, ocsp: bool) -> None:
+    def _send_certificate(self, chain: CertificateChain, ocsp: bool) -> None:
         # RFC 6960 §4.2.2.1: a response past nextUpdate (or unusable) is not stapled.
         staple = chain.ocsp_staple(self._config.clock()) if ocsp else None
-        entries = []
-        for index, der in enumerate(chain.der_chain):
-            extensions: list[tuple[int, bytes]] = []
-            if index == 0 and staple is not None:
-                # RFC 8446 §4.4.2.1: the OCSP response rides in the leaf's CertificateEntry.
-                extensions.append(
-                    (ExtensionType.status_request, ext.encode_certificate_status(staple))
-                )
-            entries.append(CertificateEntry(der, extensions))
-        self._send_handshake(Certificate(context, tuple(entries)).serialize())
+        self._send_handshake(chain.certificate_message(staple))
 
     def _send_certificate_verify(self, chain: CertificateChain, scheme: int) -> None:
         assert self._transcript is not None
@@ -943,10 +981,9 @@ class ServerConnection(Connection):
         digest = self._transcript.digest()
         client_app = schedule.client_application_traffic_secret(digest)
         server_app = schedule.server_application_traffic_secret(digest)
-        self._exporter_secret = schedule.exporter_master_secret(digest)
         self._log_secret("CLIENT_TRAFFIC_SECRET_0", client_app)
         self._log_secret("SERVER_TRAFFIC_SECRET_0", server_app)
-        self._log_secret("EXPORTER_SECRET", self._exporter_secret)
+        self._set_exporter_source(schedule, digest)
         self._client_app_secret = client_app
         self._install_application_secrets(client_app, server_app)
         # RFC 8446 §4.4.4: we may send (0.5-RTT) under the application keys from here on.
@@ -1003,10 +1040,6 @@ class ServerConnection(Connection):
         if not hmac.compare_digest(expected, message.verify_data):
             raise TLSError(AlertDescription.decrypt_error, "client Finished does not verify")
         self._transcript.update(raw)
-        assert self._key_schedule is not None
-        self._resumption_secret = self._key_schedule.resumption_master_secret(
-            self._transcript.digest()
-        )
         self._set_read_secret(self._client_app_secret)
         self._record.accept_plaintext_alerts = False  # every later alert is protected
         self._complete_handshake(self._handshake_info())
@@ -1082,6 +1115,27 @@ class ServerConnection(Connection):
 
     def _auth_transcript_digest(self) -> bytes:
         return self._auth_transcript().digest()
+
+
+# Which handler takes which message in which state (RFC 8446 §4 message order); built
+# once for the class rather than per connection.
+_HANDLERS: dict[tuple[enum.Enum, int], Callable[[ServerConnection, bytes], ServerState]] = {
+    (ServerState.START, HandshakeType.client_hello): ServerConnection._on_client_hello,
+    (ServerState.WAIT_CH2, HandshakeType.client_hello): ServerConnection._on_client_hello_retry,
+    (ServerState.WAIT_EOED, HandshakeType.end_of_early_data): (
+        ServerConnection._on_end_of_early_data
+    ),
+    (ServerState.WAIT_CERT, HandshakeType.certificate): ServerConnection._on_certificate,
+    (ServerState.WAIT_CV, HandshakeType.certificate_verify): (
+        ServerConnection._on_certificate_verify
+    ),
+    (ServerState.WAIT_FINISHED, HandshakeType.finished): ServerConnection._on_finished,
+    (ServerState.POST_WAIT_CERT, HandshakeType.certificate): ServerConnection._on_certificate,
+    (ServerState.POST_WAIT_CV, HandshakeType.certificate_verify): (
+        ServerConnection._on_certificate_verify
+    ),
+    (ServerState.POST_WAIT_FINISHED, HandshakeType.finished): ServerConnection._on_post_finished,
+}
 
 
 # ---------------------------------------------------------------------- ClientHello checks

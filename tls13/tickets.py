@@ -26,6 +26,7 @@ other's tickets.  Generate one with ``head -c 48 /dev/urandom > ticket.key``.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .alerts import TLSError
-from .codec import Reader, Writer
+from .codec import Reader
 
 Random = Callable[[int], bytes]
 
@@ -51,6 +52,8 @@ _OVERHEAD = KEY_NAME_LEN + _NONCE_LEN + _TAG_LEN
 _STATE_VERSION = 2
 _STATE_VERSION_NO_ISSUER = 1
 MAX_TICKET_LIFETIME = 604800  # §4.6.1: at most seven days
+# version, suite, created (ms), age_add, lifetime, max_early_data
+_STATE_FIXED = struct.Struct(">BHQIII")
 
 
 def _text(raw: object) -> str | None:
@@ -86,33 +89,44 @@ class SessionState:
     issuer: bytes = b""
 
     def encode(self) -> bytes:
-        w = Writer()
-        w.uint8(_STATE_VERSION)
-        w.uint16(self.suite)
-        w.buf += self.created.to_bytes(8, "big")
-        w.uint32(self.age_add)
-        w.uint32(self.lifetime)
-        w.uint32(self.max_early_data)
-        w.vector(1, self.psk)
-        w.vector(1, (self.alpn or "").encode("utf-8"))
-        w.vector(2, (self.sni or "").encode("utf-8"))
-        with w.prefixed(3):
-            for der in self.client_chain:
-                w.vector(3, der)
-        w.vector(1, self.issuer)
-        return w.getvalue()
+        alpn = (self.alpn or "").encode("utf-8")
+        sni = (self.sni or "").encode("utf-8")
+        psk, issuer = self.psk, self.issuer
+        if max(len(psk), len(alpn), len(issuer)) > 0xFF or len(sni) > 0xFFFF:
+            raise ValueError("vector too long for its length prefix")
+        chain = b"".join(len(der).to_bytes(3, "big") + der for der in self.client_chain)
+        if len(chain) > 0xFFFFFF:
+            raise ValueError("vector too long for its length prefix")
+        fixed = _STATE_FIXED.pack(
+            _STATE_VERSION, self.suite, self.created, self.age_add, self.lifetime,
+            self.max_early_data,
+        )  # fmt: skip
+        return b"".join(
+            (
+                fixed,
+                bytes((len(psk),)),
+                psk,
+                bytes((len(alpn),)),
+                alpn,
+                len(sni).to_bytes(2, "big"),
+                sni,
+                len(chain).to_bytes(3, "big"),
+                chain,
+                bytes((len(issuer),)),
+                issuer,
+            )
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> SessionState:
         """Parse :meth:`encode` output; raises ``ValueError`` on anything else."""
         try:
-            r = Reader(data)
-            version = r.uint8()
+            if len(data) < _STATE_FIXED.size:
+                raise ValueError("truncated session state")
+            version, suite, created, age_add, lifetime, max_early = _STATE_FIXED.unpack_from(data)
             if version not in (_STATE_VERSION, _STATE_VERSION_NO_ISSUER):
                 raise ValueError("unknown session state version")
-            suite = r.uint16()
-            created = int.from_bytes(r.bytes(8), "big")
-            age_add, lifetime, max_early = r.uint32(), r.uint32(), r.uint32()
+            r = Reader(data, _STATE_FIXED.size)
             psk = r.vector(1, 1)
             alpn = _text(r.vector(1))
             sni = _text(r.vector(2))
