@@ -1,7 +1,8 @@
-"""Load generators and probes: openssl s_time, wrk, curl, held connections, TLS probes.
+"""Load generators and probes: openssl s_time, wrk, curl, hsload, held connections, probes.
 
-All clients are C programs using OpenSSL (s_time, wrk, curl) except the connection
-holder and the resumption probe, which use Python's ssl; none of them is the target.
+The clients are C programs using OpenSSL (s_time, wrk, curl) except bench/hsload.py (our
+cheap full-handshake generator for the scaling figures), the connection holder and the
+resumption probe (Python's ssl); none of them is the target.
 Every result records what the client itself saw (counts, bytes, errors) so the harness
 can verify that the work it measured really happened.
 """
@@ -16,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,89 @@ def run_s_time(
     # Aggregate rate = sum of each client's rate (they ran concurrently).
     result.seconds = result.connections / rates if rates else 0.0
     return result
+
+
+@dataclass
+class HsloadResult:
+    """What one bench/hsload.py run reported, plus the wall time the caller measured."""
+
+    handshakes: int
+    responses: int
+    failures: dict[str, int]
+    unfinished: int
+    seconds: float  # hsload's own load time
+    cpu_seconds: float  # hsload's own CPU (user + system) during that time
+    system_seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.handshakes / self.seconds if self.seconds else 0.0
+
+
+def run_hsload(
+    port: int,
+    duration: float,
+    concurrency: int,
+    around: Callable[[], None] | None = None,
+) -> HsloadResult:
+    """Full handshakes (+1 GET each) from one cheap generator process (bench/hsload.py).
+
+    ``around`` is called right before the load starts and right after it ends (the
+    generator waits for a go line after its set-up), so CPU counters sampled there cover
+    the load only, not the interpreter's start-up.
+    """
+    command = [
+        sys.executable,
+        str(BENCH_DIR / "hsload.py"),
+        "--port",
+        str(port),
+        "--duration",
+        str(duration),
+        "--concurrency",
+        str(concurrency),
+        "--wait-for-go",
+    ]
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=raise_nofile_limit,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        ready = _readline_before(proc, time.monotonic() + 30)
+        if ready != "ready":
+            raise ValueError(f"hsload did not start: {ready!r}")
+        if around is not None:
+            around()
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        line = _readline_before(proc, time.monotonic() + duration + 30)
+        if around is not None:
+            around()
+    finally:
+        if proc.poll() is None:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        _out, err = proc.communicate()
+    try:
+        report = json.loads(line)
+    except json.JSONDecodeError:
+        raise ValueError(
+            f"hsload gave no report: {line[:80]!r} {err.decode(errors='replace')[-300:]}"
+        ) from None
+    return HsloadResult(
+        handshakes=int(report["handshakes"]),
+        responses=int(report["responses"]),
+        failures={str(k): int(v) for k, v in report["failures"].items()},
+        unfinished=int(report["unfinished"]),
+        seconds=float(report["seconds"]),
+        cpu_seconds=float(report["cpu_seconds"]),
+        system_seconds=float(report["system_seconds"]),
+    )
 
 
 @dataclass

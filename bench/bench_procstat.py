@@ -88,11 +88,13 @@ def sample(root: int) -> TreeSample:
     return TreeSample(cpu_seconds(pids), rss_bytes(pids), len(pids))
 
 
-def core_times(cpu: int) -> tuple[float, float]:
-    """(busy, total) jiffies of one CPU from /proc/stat: all time that was not idle/iowait."""
+def core_times(cpu: int | None) -> tuple[float, float]:
+    """(busy, total) jiffies of one CPU (None: all CPUs together) from /proc/stat: all
+    time that was not idle/iowait."""
+    prefix = "cpu " if cpu is None else f"cpu{cpu} "
     with open("/proc/stat") as stat:
         for line in stat:
-            if line.startswith(f"cpu{cpu} "):
+            if line.startswith(prefix):
                 values = [float(v) for v in line.split()[1:]]
                 idle = values[3] + values[4]
                 total = sum(values[:8])  # guest time is already inside user time
@@ -104,3 +106,9 @@ def core_busy(before: tuple[float, float], after: tuple[float, float]) -> float:
     """Fraction of the interval a CPU was busy (with anything, not only our processes)."""
     elapsed = after[1] - before[1]
     return (after[0] - before[0]) / elapsed if elapsed > 0 else float("nan")
+
+
+def busy_cores(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """How many CPUs' worth of work the whole machine did between two ``core_times(None)``
+    samples (2.0 = both cores of a 2-CPU machine fully busy)."""
+    return core_busy(before, after) * (os.cpu_count() or 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ METRICS = (
 
 
 SATURATED = 0.9  # target busy (CPU s per wall s) from which one worker is the bottleneck
+OTHER_WORK = 0.3  # cores of work outside the run from which a scaling figure is noise
 
 
 def median(values: list[float]) -> float:
@@ -80,17 +82,21 @@ def check(metric: str, rounds: list[RoundResult]) -> str:
 
 
 def header(plan: Plan, notes: dict[str, str], command: str, elapsed: float) -> list[str]:
+    plan_line = (
+        "Plan: the scaling section alone (--only scaling)."
+        if plan.only_scaling
+        else f"Plan: {plan.rounds} rounds × {plan.duration} s per load run; s_time × "
+        f"{plan.s_time_processes} processes; wrk 1 thread × {plan.wrk_connections} "
+        f"connections; bulk {plan.bulk_bytes // (1 << 20)} MiB; held connections "
+        f"{', '.join(str(n) for n in plan.hold_levels)}; scaling: see its section."
+    )
     lines = [
         "# tls13-proxy benchmark results",
         "",
         f"Command: `{command}` — {notes['date']}, commit {notes['commit']}, "
         f"took {elapsed / 60:.1f} min.",
         "",
-        f"Plan: {plan.rounds} rounds × {plan.duration} s per load run; s_time × "
-        f"{plan.s_time_processes} processes; wrk 1 thread × {plan.wrk_connections} "
-        f"connections; bulk {plan.bulk_bytes // (1 << 20)} MiB; held connections "
-        f"{', '.join(str(n) for n in plan.hold_levels)}; scaling {plan.scaling_rounds} rounds "
-        "unpinned with twice the s_time processes.",
+        plan_line,
         "",
         "Machine:",
     ]
@@ -192,13 +198,59 @@ def memory_table(results: list[TargetResult]) -> list[str]:
     return lines + [""]
 
 
-def scaling_table(results: list[TargetResult]) -> list[str]:
+def extra_median(rounds: list[RoundResult], key: str) -> float:
+    return median([float(r.extra.get(key, float("nan"))) for r in rounds])
+
+
+def ceiling_rate(rounds: list[RoundResult], workers: int, cores: int) -> float:
+    """The highest rate these per-handshake costs allow on this machine: the target's
+    workers cannot use more than ``workers`` cores, and target + generator + backend
+    together cannot use more than all of them."""
+    target = median(cpus(rounds))
+    everything = target + extra_median(rounds, "generator_cpu_per_hs")
+    everything += extra_median(rounds, "backend_cpu_per_hs")
+    return min(min(workers, cores) / target, cores / everything)
+
+
+def limited_by(rounds: list[RoundResult], workers: int, cores: int) -> str:
+    """Who set the rate: the target (its workers' cores full), the whole machine (all
+    cores busy, shared with the generator, backend and other work), or neither."""
+    target = extra_median(rounds, "target_cores")
+    machine = extra_median(rounds, "machine_cores")
+    ours = sum(
+        extra_median(rounds, key) for key in ("target_cores", "generator_cores", "backend_cores")
+    )
+    if target >= SATURATED * min(workers, cores):
+        return "target"
+    if machine >= SATURATED * cores:
+        if machine - ours >= OTHER_WORK:
+            return f"machine: other work took {fmt(machine - ours, 1)} cores (noise)"
+        return "machine: all cores busy (target + generator + backend)"
+    return "neither: latency / too few connections"
+
+
+def scaling_table(results: list[TargetResult], plan: Plan, cores: int) -> list[str]:
     lines = [
-        "## Scaling 1 → 2 workers (full handshakes, unpinned)",
+        "## Scaling 1 → 2 workers (full handshakes + 1 GET, bench/hsload.py, unpinned)",
         "",
-        "| target | 1 worker | 2 workers | × | CPU ms/hs (1 → 2) | target busy (1 → 2) "
-        "| processes (1 → 2) |",
+        f"Load: bench/hsload.py, {plan.scaling_concurrency} connections in flight, "
+        f"{plan.scaling_duration:g} s per round, {plan.scaling_rounds} rounds, 1- and "
+        "2-worker instances measured alternately; medians. Ceiling × = the ratio of the "
+        "highest rates the measured CPU costs allow on this machine (1 worker: one core; "
+        "2 workers: whatever the generator and backend leave of all cores).",
+        "",
+        "| target | 1 worker | 2 workers | × | spread (1 / 2) | ceiling × | processes |",
         "|---|---|---|---|---|---|---|",
+    ]
+    details = [
+        "",
+        "Where the CPU went (per handshake, and in cores over the same seconds; other = "
+        "work on the machine outside this run):",
+        "",
+        "| target | workers | hs/s | target CPU ms/hs | generator CPU ms/hs (÷ target) "
+        "| backend CPU ms/hs | cores: target + generator + backend + other = machine "
+        "| limited by |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         one, two = result.scaling.get("w1", []), result.scaling.get("w2", [])
@@ -214,21 +266,40 @@ def scaling_table(results: list[TargetResult]) -> list[str]:
             continue
         r1, r2 = median(rates(one)), median(rates(two))
         processes = f"{one[-1].extra.get('processes', '?')} → {two[-1].extra.get('processes', '?')}"
-        # A worker can only add capacity if one worker was already the bottleneck.
-        verdict = "" if busy(one) >= SATURATED else " (inconclusive: 1 worker not saturated)"
+        ceiling = ceiling_rate(two, 2, cores) / ceiling_rate(one, 1, cores)
         lines.append(
-            f"| {result.name} | {fmt(r1)}/s | {fmt(r2)}/s | {fmt(r2 / r1, 2)}{verdict} | "
-            f"{fmt(median(cpus(one)) * 1e3, 2)} → {fmt(median(cpus(two)) * 1e3, 2)} | "
-            f"{pct(busy(one))} → {pct(busy(two))} | {processes} |"
+            f"| {result.name} | {fmt(r1)}/s | {fmt(r2)}/s | {fmt(r2 / r1, 2)} | "
+            f"{pct(spread(rates(one)))} / {pct(spread(rates(two)))} | {fmt(ceiling, 2)} | "
+            f"{processes} |"
         )
-    return lines + [
-        "",
-        "Both cores are shared by target, s_time and backend here, so this "
-        "shows whether a second worker adds capacity, not linear scaling. Target busy = "
-        "its CPU seconds per wall second (100% = one core): a 1-worker target well below "
-        "100% was not the bottleneck.",
-        "",
-    ]
+        for workers, rounds in ((1, one), (2, two)):
+            target_ms = median(cpus(rounds)) * 1e3
+            generator_ms = extra_median(rounds, "generator_cpu_per_hs") * 1e3
+            used = [
+                extra_median(rounds, key)
+                for key in ("target_cores", "generator_cores", "backend_cores")
+            ]
+            machine = extra_median(rounds, "machine_cores")
+            other = machine - sum(used)
+            details.append(
+                f"| {result.name} | {workers} | {fmt(median(rates(rounds)))} | "
+                f"{fmt(target_ms, 2)} | {fmt(generator_ms, 3)} ({pct(generator_ms / target_ms)}) | "
+                f"{fmt(extra_median(rounds, 'backend_cpu_per_hs') * 1e3, 3)} | "
+                f"{' + '.join(fmt(x, 2) for x in used)} + {fmt(other, 2)} = {fmt(machine, 2)} | "
+                f"{limited_by(rounds, workers, cores)} |"
+            )
+    return (
+        lines
+        + details
+        + [
+            "",
+            f"The machine has {cores} CPUs shared by target, generator and backend, so a "
+            "second worker can at best take what the other two leave; the ceiling column "
+            "says how much that is. Cores are CPU seconds per wall second (/proc/PID/stat "
+            "for each process tree, /proc/stat for the machine).",
+            "",
+        ]
+    )
 
 
 def ratio_table(results: list[TargetResult]) -> list[str]:
@@ -287,9 +358,10 @@ def render_markdown(
 ) -> str:
     lines = header(plan, notes, command, elapsed)
     lines += targets_table(results)
-    lines += metrics_table(results)
-    lines += ratio_table(results)
-    lines += memory_table(results)
-    lines += scaling_table(results)
+    if not plan.only_scaling:
+        lines += metrics_table(results)
+        lines += ratio_table(results)
+        lines += memory_table(results)
+    lines += scaling_table(results, plan, os.cpu_count() or 1)
     lines += failures_section(results)
     return "\n".join(lines)

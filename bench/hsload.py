@@ -73,6 +73,7 @@ HRR_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e
 # Record content types (§5.1) and handshake message types (§4).
 CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
 SERVER_HELLO, FINISHED = 2, 20
+CLOSE_NOTIFY_INNER = bytes((1, AlertDescription.close_notify, ALERT))  # warning, 0, + type
 RECV_SIZE = 1 << 16  # a whole server flight (certificate chain included) in one call
 MAX_RECORD = (1 << 14) + 256  # §5.2: TLSCiphertext.length limit
 
@@ -268,6 +269,7 @@ class Connection:
         "handshake_secret",
         "client_hs_secret",
         "server_key",
+        "client_key",
         "flight",
         "flight_scanned",
         "completed",
@@ -278,6 +280,7 @@ class Connection:
     handshake_secret: bytes
     client_hs_secret: bytes
     server_key: RecordKey  # handshake key, then the server's application key
+    client_key: RecordKey  # our application key, once our Finished is sent
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
@@ -435,12 +438,18 @@ class LoadGenerator:
         return f"{why} while waiting for the {stage}"
 
     def finish(self, fd: int, conn: Connection) -> None:
-        """The connection is done: its response (if one was asked for) was read."""
+        """The connection is done: its response (if one was asked for) was read.  Close it
+        as a well-behaved client does, with our close_notify first (RFC 8446 §6.1), so the
+        server sees an orderly end, not a truncation."""
         if self.template.request_inner:
             if conn.response.startswith(b"HTTP/1.") and b" 200 " in conn.response[:16]:
                 self.responses += 1
             else:
                 self.failures[f"bad response {conn.response[:24]!r}"] += 1
+        try:
+            conn.sock.send(conn.client_key.seal(CLOSE_NOTIFY_INNER))
+        except OSError:
+            pass  # the server may already have closed both directions: nothing to tell it
         self.close(fd, conn)
 
     def record(self, conn: Connection, header: bytes, fragment: bytes) -> bool:
@@ -531,9 +540,9 @@ class LoadGenerator:
         out = RecordKey(conn.client_hs_secret).seal(finished + bytes((HANDSHAKE,)))
         master = hkdf_extract(SHA256, expand(conn.handshake_secret, INFO_DERIVED), ZEROS)
         conn.server_key = RecordKey(expand(master, PREFIX_S_AP + flight_hash))
+        conn.client_key = RecordKey(expand(master, PREFIX_C_AP + flight_hash))
         if self.template.request_inner:
-            client_key = RecordKey(expand(master, PREFIX_C_AP + flight_hash))
-            out += client_key.seal(self.template.request_inner)
+            out += conn.client_key.seal(self.template.request_inner)
         try:
             conn.sock.send(out)  # a few hundred bytes: always fits the empty send buffer
         except OSError as failure:
@@ -608,6 +617,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--path", default="/", help="what the GET asks for")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-connection limit")
+    parser.add_argument(
+        "--wait-for-go",
+        action="store_true",
+        help='print "ready" once set up, then start on a line from stdin (lets a caller '
+        "sample CPU counters around the load alone, without interpreter start-up)",
+    )
     return parser.parse_args(argv)
 
 
@@ -617,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     request = None if args.no_request else f"GET {args.path} HTTP/1.0\r\n\r\n".encode()
     template = Template.create(args.server_name, request)
     generator = LoadGenerator(args.host, args.port, args.concurrency, template, args.timeout)
+    if args.wait_for_go:
+        print("ready", flush=True)
+        sys.stdin.readline()
     report = generator.run(args.duration)
     print(report.as_json(), flush=True)
     return 0 if report.handshakes and not report.failed else 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -59,9 +60,13 @@ class Plan:
     # Large enough that a target spends hundreds of clock ticks (10 ms each) per transfer.
     bulk_bytes: int = 256 * 1024 * 1024
     hold_levels: tuple[int, ...] = (1000, 10000)
-    scaling_rounds: int = 2
+    scaling_rounds: int = 3
+    scaling_duration: float = 3.0
+    # Enough handshakes in flight to keep two workers busy through every round trip.
+    scaling_concurrency: int = 32
     target_cpus: str | None = "0"
     load_cpus: str | None = "1"
+    only_scaling: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -358,24 +363,66 @@ class TargetBench:
         finally:
             holder.close()
 
-    def scaling_round(self, running: Running, workers: int) -> None:
-        """Full handshakes/s for one instance started unpinned (both cores shared)."""
+    def scaling_round(self, running: Running, workers: int, backend_pid: int) -> None:
+        """Full handshakes/s of one unpinned instance under bench/hsload.py, with every
+        process's share of the 2 cores, so the report can say who limited the rate."""
+        metric = f"scaling_w{workers}"
         if running.proc.poll() is not None:
-            self.result.fail(f"scaling_w{workers}", f"exited: {running.log_tail(1)}")
+            self.result.fail(metric, f"exited: {running.log_tail(1)}")
             return
-        outcome = self.new_connections(
-            running, None, 2 * self.plan.s_time_processes, f"scaling_w{workers}"
+        samples: list[tuple[float, float, float, tuple[float, float]]] = []
+
+        def sample() -> None:
+            samples.append(
+                (
+                    time.monotonic(),
+                    procstat.sample(running.proc.pid).cpu,
+                    procstat.cpu_seconds([backend_pid]),
+                    procstat.core_times(None),
+                )
+            )
+
+        got = loadgen.run_hsload(
+            running.port, self.plan.scaling_duration, self.plan.scaling_concurrency, sample
         )
-        if outcome is not None:
-            # Proof that the instance really ran the workers it was asked for.
-            outcome.extra["processes"] = procstat.sample(running.proc.pid).processes
-            self.result.scaling.setdefault(f"w{workers}", []).append(outcome)
+        if not got.handshakes:
+            self.result.fail(metric, f"no handshake completed: {got.failures}")
+            return
+        (start, target0, backend0, machine0), (end, target1, backend1, machine1) = samples
+        wall = end - start
+        target_cpu = target1 - target0
+        failures = "; ".join(f"{n}× {why}" for why, n in got.failures.items())
+        if failures:
+            self.result.fail(metric, f"hsload failures: {failures}")
+        outcome = RoundResult(
+            got.per_second,
+            target_cpu / got.handshakes,
+            got.handshakes,
+            {
+                "responses": got.responses,
+                "failures": failures,
+                "generator_cpu_per_hs": got.cpu_seconds / got.handshakes,
+                "generator_system_per_hs": got.system_seconds / got.handshakes,
+                "backend_cpu_per_hs": (backend1 - backend0) / got.handshakes,
+                # CPUs' worth of work over the same window, by whom.
+                "target_cores": target_cpu / wall,
+                "generator_cores": got.cpu_seconds / wall,
+                "backend_cores": (backend1 - backend0) / wall,
+                "machine_cores": procstat.busy_cores(machine0, machine1),
+                # Proof that the instance really ran the workers it was asked for.
+                "processes": procstat.sample(running.proc.pid).processes,
+            },
+        )
+        self.result.scaling.setdefault(f"w{workers}", []).append(outcome)
 
 
-def run_benches(benches: list[TargetBench], plan: Plan) -> None:
+def run_benches(benches: list[TargetBench], plan: Plan, backend_pid: int) -> None:
     """Interleave the targets inside every round so that background noise on the machine
     (other work on the shared cores) lands on all of them alike.  Idle targets cost nothing,
     so all run at once, each on its own port."""
+    if plan.only_scaling:
+        run_scaling(benches, plan, backend_pid)
+        return
     running: dict[str, Running] = {}
     try:
         for bench in benches:
@@ -396,23 +443,34 @@ def run_benches(benches: list[TargetBench], plan: Plan) -> None:
     finally:
         for instance in running.values():
             stop(instance)
-    run_scaling([bench for bench in benches if not bench.result.error], plan)
+    run_scaling([bench for bench in benches if not bench.result.error], plan, backend_pid)
 
 
-def run_scaling(benches: list[TargetBench], plan: Plan) -> None:
-    """1 and 2 worker instances of every target side by side, measured alternately."""
+def run_scaling(benches: list[TargetBench], plan: Plan, backend_pid: int) -> None:
+    """1 and 2 worker instances of every target side by side, measured alternately.
+
+    Nothing is pinned, the backend included (it was pinned to the load core for the
+    figures above): target, generator and backend share both cores as the scheduler sees
+    fit, and the report shows each one's share."""
+    os.sched_setaffinity(backend_pid, range(os.cpu_count() or 1))
     instances: list[tuple[TargetBench, int, Running]] = []
     try:
         for bench in benches:
             for workers in (1, 2):
                 instance = bench.start(workers=workers, cpus=None)
                 if instance is not None:
-                    loadgen.run_s_time(instance.port, False, 1, 1, None)  # warm-up
+                    try:  # warm-up: imports, caches, every worker's first handshakes
+                        loadgen.run_hsload(instance.port, 0.5, 4 * workers)
+                    except ValueError as error:
+                        bench.result.fail(f"scaling_w{workers}", f"warm-up: {error}")
                     instances.append((bench, workers, instance))
         for number in range(1, plan.scaling_rounds + 1):
             log(f"scaling round {number}/{plan.scaling_rounds}")
             for bench, workers, instance in instances:
-                bench.scaling_round(instance, workers)
+                step = functools.partial(
+                    bench.scaling_round, workers=workers, backend_pid=backend_pid
+                )
+                bench.guarded(f"scaling_w{workers}", step, instance)
     finally:
         for _bench, _workers, instance in instances:
             stop(instance)
@@ -435,12 +493,16 @@ def build_plan(args: argparse.Namespace) -> Plan:
             duration=1,
             bulk_bytes=48 * 1024 * 1024,
             hold_levels=(100, 1000),
-            scaling_rounds=1,
+            scaling_rounds=2,
+            scaling_duration=2.0,
         )
     if args.rounds is not None:
         plan.rounds = args.rounds
     if args.duration is not None:
         plan.duration = args.duration
+    plan.only_scaling = args.only == "scaling"
+    if args.scaling_rounds is not None:
+        plan.scaling_rounds = args.scaling_rounds
     if args.hold is not None:
         plan.hold_levels = tuple(int(n) for n in args.hold.split(",") if n)
     if (os.cpu_count() or 1) < 2 or args.no_pin:
@@ -537,6 +599,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated, first = the subject of the ratios (known: {', '.join(TARGETS)})",
     )
     parser.add_argument("--quick", action="store_true", help="short run (< 2 minutes)")
+    parser.add_argument(
+        "--only",
+        choices=["scaling"],
+        help="run one section alone: scaling = 1 vs 2 workers under bench/hsload.py (~1 min)",
+    )
+    parser.add_argument("--scaling-rounds", type=int, help="rounds of the scaling section")
     parser.add_argument("--hold", help="held-connection levels, e.g. 1000,10000")
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
     parser.add_argument(
@@ -582,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
             TargetBench(TARGETS[name], plan, material, workdir, backend_port, upload_file)
             for name in names
         ]
-        run_benches(benches, plan)
+        run_benches(benches, plan, backend.pid)
         results = [bench.result for bench in benches]
         for result in results:
             if result.error:
