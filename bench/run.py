@@ -1,6 +1,7 @@
 """Benchmark tls13-proxy against reference TLS 1.3 terminators, in one invocation.
 
     python3 bench/run.py [--rounds N] [--duration S] [--targets ours,sslproxy,hitch] [--quick]
+    python3 bench/run.py --only scaling     # the 1 → 2 worker section alone (~1 min)
 
 Every target sits in front of the same plain HTTP/1.1 backend (bench/backend.py) with the
 same ECDSA P-256 certificate, TLS 1.3 only.  For each target the harness measures, over
@@ -8,7 +9,8 @@ several rounds, full and resumed handshakes/s (openssl s_time; each connection i
 handshake plus one GET, and s_time's per-connection marks prove full vs resumed),
 keep-alive requests/s with p50/p99 latency (wrk), bulk download/upload MB/s (curl),
 RSS growth per idle established connection (held from separate processes), and 1 → 2
-worker scaling.  Because the load generators saturate first on a 2-core machine, it also
+worker scaling (under bench/hsload.py, a generator cheap enough to leave the target the
+CPU a second worker needs).  Because the load generators saturate first on a 2-core machine, it also
 charges each target its own CPU time (utime+stime of its process tree) per handshake,
 request and MB; those figures are the fairer comparison.  Medians, spread across rounds
 ((max-min)/median) and ratios against each reference are printed as Markdown.
