@@ -128,6 +128,33 @@ def test_resumption_skips_certificates(
     assert tickets_from(client_events)  # fresh tickets on the resumed connection too
 
 
+@pytest.mark.parametrize(
+    ("tickets", "after_resumption", "expected"), [(2, 1, 1), (3, 3, 3), (2, 5, 2), (2, 0, 0)]
+)
+def test_tickets_after_resumption(
+    client_config: ClientConfig,
+    server_config: Callable[..., ServerConfig],
+    tickets: int,
+    after_resumption: int,
+    expected: int,
+) -> None:
+    config = server_config(tickets=tickets, tickets_after_resumption=after_resumption)
+    first, _ = connect(client_config, config)
+    assert len(tickets_from(first)) == tickets
+    client_events, server_events = connect(client_config, config, tickets_from(first)[0])
+    assert info_of(server_events).resumed
+    assert len(tickets_from(client_events)) == expected
+    assert sum(isinstance(e, events.SessionTicketIssued) for e in server_events) == expected
+
+
+def test_tickets_after_resumption_is_validated(
+    server_config: Callable[..., ServerConfig],
+) -> None:
+    for bad in (-1, 17):
+        with pytest.raises(ValueError, match="tickets_after_resumption"):
+            server_config(tickets_after_resumption=bad)
+
+
 def test_resumption_after_hello_retry(
     client_config: ClientConfig, server_config: Callable[..., ServerConfig]
 ) -> None:

@@ -137,6 +137,10 @@ class ServerConfig:
     record_padding: int = 0
     record_size_limit: int = 16384
     tickets: int = 2
+    # NewSessionTickets after a resumed handshake (RFC 8446 §4.6.1 leaves the count to us):
+    # the client already holds tickets, so one fresh ticket (as OpenSSL sends) replaces the
+    # one it used; capped by ``tickets`` (0 there turns tickets off altogether).
+    tickets_after_resumption: int = 1
     ticket_lifetime: int = 7200
     ticket_keys: TicketKeyring | None = None
     max_early_data: int = 0
@@ -195,6 +199,8 @@ class ServerConfig:
             raise ValueError("client authentication needs client_ca certificates")
         if not 0 <= self.tickets <= 16:
             raise ValueError("tickets must be within 0..16")
+        if not 0 <= self.tickets_after_resumption <= 16:
+            raise ValueError("tickets_after_resumption must be within 0..16")
         # RFC 8446 §4.6.1: ticket_lifetime MUST NOT exceed 7 days.
         if not 0 <= self.ticket_lifetime <= 604800:
             raise ValueError("ticket_lifetime must be within 0..604800 seconds")

@@ -806,7 +806,10 @@ class ServerConnection(Connection):
         """RFC 8446 §4.6.1: NewSessionTickets after the client's Finished."""
         config = self._config
         keyring = config.ticket_keys
-        if keyring is None or not config.tickets:
+        count = config.tickets
+        if self._resumption is not None:
+            count = min(count, config.tickets_after_resumption)
+        if keyring is None or not count:
             return
         if not any(mode in self._psk_modes for mode in config.psk_modes):
             return  # §4.2.9: the client could never use the ticket with us
@@ -816,8 +819,8 @@ class ServerConnection(Connection):
         self._resumption_secret = self._key_schedule.resumption_master_secret(
             self._transcript.digest()
         )
-        for count in range(config.tickets):
-            nonce = count.to_bytes(2, "big")
+        for index in range(count):
+            nonce = index.to_bytes(2, "big")
             state = SessionState(
                 psk=resumption_psk(self._suite.hash, self._resumption_secret, nonce),
                 suite=self._suite.code,
