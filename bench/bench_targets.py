@@ -272,10 +272,14 @@ TARGETS: dict[str, Target] = {
 }
 
 
-def start_backend(workdir: Path, cpus: str | None) -> tuple[subprocess.Popen[bytes], int]:
+def start_backend(
+    workdir: Path, cpus: str | None, program: str = "backend.py"
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start an origin from bench/ (``backend.py``, or ``light_backend.py`` for the scaling
+    section) on a free port; stop it with ``terminate()``."""
     port = free_port()
-    log = workdir / "backend.log"
-    command = pinned([sys.executable, str(BENCH_DIR / "backend.py"), "--port", str(port)], cpus)
+    log = workdir / f"{Path(program).stem}.log"
+    command = pinned([sys.executable, str(BENCH_DIR / program), "--port", str(port)], cpus)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             command,

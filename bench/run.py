@@ -161,15 +161,20 @@ class TargetBench:
         cpus = plan.load_cpus
         self.load_cpu = int(cpus) if cpus is not None and cpus.isdigit() else None
 
-    def start(self, workers: int, cpus: str | None, main: bool = False) -> Running | None:
-        """Start one instance; on failure record why (for the ``main`` one, the whole target)."""
+    def start(
+        self, workers: int, cpus: str | None, main: bool = False, backend_port: int | None = None
+    ) -> Running | None:
+        """Start one instance (in front of ``backend_port``, by default the shared backend);
+        on failure record why (for the ``main`` one, the whole target)."""
         reason = self.target.available()
         if reason:
             self.result.error = f"not run: {reason}"
             return None
         log(f"[{self.target.name}] starting ({workers} worker(s), cpus {cpus or 'any'})")
         try:
-            return self.target.start(self.material, self.workdir, self.backend_port, workers, cpus)
+            return self.target.start(
+                self.material, self.workdir, backend_port or self.backend_port, workers, cpus
+            )
         except RuntimeError as error:
             if main:
                 self.result.error = f"failed to start: {error}"
@@ -418,12 +423,12 @@ class TargetBench:
         self.result.scaling.setdefault(f"w{workers}", []).append(outcome)
 
 
-def run_benches(benches: list[TargetBench], plan: Plan, backend_pid: int) -> None:
+def run_benches(benches: list[TargetBench], plan: Plan, workdir: Path) -> None:
     """Interleave the targets inside every round so that background noise on the machine
     (other work on the shared cores) lands on all of them alike.  Idle targets cost nothing,
     so all run at once, each on its own port."""
     if plan.only_scaling:
-        run_scaling(benches, plan, backend_pid)
+        run_scaling(benches, plan, workdir)
         return
     running: dict[str, Running] = {}
     try:
@@ -445,21 +450,22 @@ def run_benches(benches: list[TargetBench], plan: Plan, backend_pid: int) -> Non
     finally:
         for instance in running.values():
             stop(instance)
-    run_scaling([bench for bench in benches if not bench.result.error], plan, backend_pid)
+    run_scaling([bench for bench in benches if not bench.result.error], plan, workdir)
 
 
-def run_scaling(benches: list[TargetBench], plan: Plan, backend_pid: int) -> None:
+def run_scaling(benches: list[TargetBench], plan: Plan, workdir: Path) -> None:
     """1 and 2 worker instances of every target side by side, measured alternately.
 
-    Nothing is pinned, the backend included (it was pinned to the load core for the
-    figures above): target, generator and backend share both cores as the scheduler sees
-    fit, and the report shows each one's share."""
-    os.sched_setaffinity(backend_pid, range(os.cpu_count() or 1))
+    Nothing is pinned: target, generator and backend share both cores as the scheduler
+    sees fit, and the report shows each one's share.  The instances proxy to
+    bench/light_backend.py (one fixed response per connection on a bare epoll loop),
+    which leaves more of the machine to the target than the full-featured backend."""
+    backend, backend_port = start_backend(workdir, None, "light_backend.py")
     instances: list[tuple[TargetBench, int, Running]] = []
     try:
         for bench in benches:
             for workers in (1, 2):
-                instance = bench.start(workers=workers, cpus=None)
+                instance = bench.start(workers=workers, cpus=None, backend_port=backend_port)
                 if instance is not None:
                     try:  # warm-up: imports, caches, every worker's first handshakes
                         loadgen.run_hsload(instance.port, 0.5, 4 * workers)
@@ -470,12 +476,14 @@ def run_scaling(benches: list[TargetBench], plan: Plan, backend_pid: int) -> Non
             log(f"scaling round {number}/{plan.scaling_rounds}")
             for bench, workers, instance in instances:
                 step = functools.partial(
-                    bench.scaling_round, workers=workers, backend_pid=backend_pid
+                    bench.scaling_round, workers=workers, backend_pid=backend.pid
                 )
                 bench.guarded(f"scaling_w{workers}", step, instance)
     finally:
         for _bench, _workers, instance in instances:
             stop(instance)
+        backend.terminate()
+        backend.wait(10)
 
 
 def stop(instance: Running) -> None:
@@ -652,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             TargetBench(TARGETS[name], plan, material, workdir, backend_port, upload_file)
             for name in names
         ]
-        run_benches(benches, plan, backend.pid)
+        run_benches(benches, plan, workdir)
         results = [bench.result for bench in benches]
         for result in results:
             if result.error:
