@@ -233,7 +233,8 @@ def scaling_table(results: list[TargetResult], plan: Plan, cores: int) -> list[s
     lines = [
         "## Scaling 1 → 2 workers (full handshakes + 1 GET, bench/hsload.py, unpinned)",
         "",
-        f"Load: bench/hsload.py, {plan.scaling_concurrency} connections in flight, "
+        f"Load: bench/hsload.py, {plan.scaling_concurrency} connections in flight, origin "
+        "bench/light_backend.py, "
         f"{plan.scaling_duration:g} s per round, {plan.scaling_rounds} rounds, 1- and "
         "2-worker instances measured alternately; medians. Ceiling × = the ratio of the "
         "highest rates the measured CPU costs allow on this machine (1 worker: one core; "
