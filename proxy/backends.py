@@ -15,8 +15,7 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -180,11 +179,14 @@ class BackendPool:
         raise BackendUnavailable(f"pool {self.name}: all attempts failed ({'; '.join(failures)})")
 
     async def open_address(self, address: BackendAddress, context: object) -> trio.abc.Stream:
-        with trio.fail_after(self.options.connect_timeout):
+        """A connected stream to ``address``, within the pool's connect timeout."""
+        timeout = self.options.connect_timeout
+        if address.kind == "tcp":
+            family = _literal_family(address.host)
+            if family is not None:  # the usual case: one direct connect, no resolver
+                return await connect_tcp(family, (address.host, address.port), timeout)
+        with trio.fail_after(timeout):
             if address.kind == "tcp":
-                family = _literal_family(address.host)
-                if family is not None:  # the usual case: one direct connect, no resolver
-                    return await connect_tcp(family, (address.host, address.port))
                 try:
                     return await trio.open_tcp_stream(address.host, address.port)
                 except OSError as exc:
@@ -236,15 +238,6 @@ def connect_cause(exc: OSError) -> OSError:
     if exc.errno is None and inner and isinstance(inner[0], OSError):
         return inner[0]
     return exc
-
-
-@contextmanager
-def leased(lease: BackendLease) -> Iterator[BackendLease]:
-    """Release the lease however the block ends."""
-    try:
-        yield lease
-    finally:
-        lease.release()
 
 
 def pool_from_settings(

@@ -196,6 +196,8 @@ class _Metrics:
         # Keyed by raw engine strings, so its size is bounded only if they are; cap it anyway.
         self._handshake_children: _BoundedCache[Counter] = _BoundedCache(4096)
         self._closed_children: _BoundedCache[Counter] = _BoundedCache(4096)
+        self._alert_children: _BoundedCache[Counter] = _BoundedCache(4096)
+        self._backend_children: _BoundedCache[_BackendSeries] = _BoundedCache(4096)
         self._build_connection_metrics(r)
         self._build_tls_metrics(r)
         self._build_backend_metrics(r)
@@ -435,6 +437,28 @@ class _Metrics:
             )
         return child
 
+    def alert_series(self, listener: str, alert: int | str, by_peer: bool) -> Counter:
+        """The alerts sent/received child for (listener, alert), cached like the others."""
+        key = (listener, alert, by_peer)
+        child = self._alert_children.get(key)
+        if child is None:
+            counter = self.alerts_received if by_peer else self.alerts_sent
+            child = self._alert_children[key] = counter.labels(listener, alert_label(alert))
+        return child
+
+    def backend_series(self, pool: str, server: str) -> _BackendSeries:
+        """The connect attempt and duration children of one backend server, cached."""
+        key = (pool, server)
+        series = self._backend_children.get(key)
+        if series is None:
+            labels = (_config_name(pool), _config_name(server))
+            series = self._backend_children[key] = _BackendSeries(
+                labels,
+                self.backend_connect_attempts.labels(*labels),
+                self.backend_connect_duration.labels(*labels),
+            )
+        return series
+
     def metrics(self) -> Iterator[Counter | Gauge | Histogram]:
         """Every metric object of the namespace, in definition order."""
         for value in vars(self).values():
@@ -470,6 +494,15 @@ class _ListenerSeries:
         for outcome in EARLY_DATA_OUTCOMES:
             m.early_data.labels(name, outcome)
         return series
+
+
+@dataclass(frozen=True)
+class _BackendSeries:
+    """Pre-resolved children for one backend server (one dict lookup per connect)."""
+
+    labels: tuple[str, str]
+    attempts: Counter
+    duration: Histogram
 
 
 # Counters exported with an explicit `_total` suffix and without `_created` samples, the same
@@ -594,10 +627,10 @@ class ConnectionMetrics:
             self.alert_sent(name)
 
     def alert_sent(self, alert: int | str) -> None:
-        M.alerts_sent.labels(self._series.name, alert_label(alert)).inc()
+        M.alert_series(self._series.name, alert, False).inc()
 
     def alert_received(self, alert: int | str) -> None:
-        M.alerts_received.labels(self._series.name, alert_label(alert)).inc()
+        M.alert_series(self._series.name, alert, True).inc()
 
     def ticket_issued(self, count: int = 1) -> None:
         self._series.tickets.inc(count)
@@ -665,22 +698,20 @@ def ticket_issued(listener: str, count: int = 1) -> None:
 
 def declare_backend(pool: str, server: str) -> None:
     """Create a backend server's series at zero (call when a pool is configured)."""
-    labels = (_config_name(pool), _config_name(server))
-    M.backend_connect_attempts.labels(*labels)
-    M.backend_connect_duration.labels(*labels)
+    M.backend_series(pool, server)
 
 
 def observe_backend_connect(
     pool: str, server: str, seconds: float, failure: str | None = None
 ) -> None:
     """One backend connect attempt: its duration, and ``failure`` reason if it failed."""
-    labels = (_config_name(pool), _config_name(server))
-    M.backend_connect_attempts.labels(*labels).inc()
+    series = M.backend_series(pool, server)
+    series.attempts.inc()
     if failure is None:
-        M.backend_connect_duration.labels(*labels).observe(seconds)
+        series.duration.observe(seconds)
     else:
         reason = failure if failure in BACKEND_FAILURE_REASONS else "error"
-        M.backend_connect_failures.labels(*labels, reason).inc()
+        M.backend_connect_failures.labels(*series.labels, reason).inc()
 
 
 def backend_failure_reason(error: BaseException) -> str:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
+import os
 import socket as stdlib_socket
 from typing import TYPE_CHECKING
 
@@ -199,17 +201,45 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             return data
 
 
-async def connect_tcp(family: int, address: tuple[object, ...]) -> trio.abc.HalfCloseableStream:
-    """Connect to a numeric address (no resolution, no happy-eyeballs nursery): what a
-    backend pool needs per connection. TCP_NODELAY goes on before the connect."""
-    sock = trio.socket.socket(family, stdlib_socket.SOCK_STREAM)
+async def connect_tcp(
+    family: int, address: tuple[object, ...], timeout: float = math.inf
+) -> trio.abc.HalfCloseableStream:
+    """Connect to a numeric address: what a backend pool needs per connection.
+
+    Cheaper than ``trio.socket.socket().connect()``: no resolver pass over the literal, no
+    happy-eyeballs nursery, no forced yield when the connect completes at once; the socket
+    is created non-blocking (no ioctl) with TCP_NODELAY set before the connect. Only the
+    wait for the handshake is bounded by ``timeout`` (``trio.TooSlowError``); a refused or
+    unreachable peer raises the ``OSError`` subclass for its errno, as trio's connect does.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    raw = stdlib_socket.socket(family, _NONBLOCKING_STREAM)
     try:
-        sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
-        await sock.connect(address)
+        raw.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+        code = raw.connect_ex(address)
+        if code in _CONNECT_PENDING:
+            code = await _connect_result(raw, timeout)
+        if code:
+            raise OSError(code, f"Error connecting to {address!r}: {os.strerror(code)}")
     except BaseException:
-        sock.close()
+        raw.close()  # an unfinished connect cannot be resumed: never hand it out
         raise
-    return FastSocketStream.wrap(sock, drained=True)  # the peer has had no time to speak
+    # The peer has had no time to speak: the first read waits for it instead of trying.
+    return FastSocketStream(trio.socket.from_stdlib_socket(raw), raw, drained=True)
+
+
+_NONBLOCKING_STREAM = stdlib_socket.SOCK_STREAM | stdlib_socket.SOCK_NONBLOCK
+# A non-blocking connect under way: EINPROGRESS, or EINTR (the connect goes on regardless).
+_CONNECT_PENDING = frozenset((errno.EINPROGRESS, errno.EINTR))
+
+
+async def _connect_result(raw: stdlib_socket.socket, timeout: float) -> int:
+    """Wait (at most ``timeout``) for a connect in progress; its errno (0 = connected)."""
+    with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+        await trio.lowlevel.wait_writable(raw)
+    if scope.cancelled_caught:
+        raise trio.TooSlowError
+    return raw.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_ERROR)
 
 
 class TLSStreamError(trio.BrokenResourceError):
