@@ -336,11 +336,15 @@ class LoadGenerator:
         concurrency: int,
         template: Template,
         timeout: float = 10.0,
+        keep_response: int = 64,
     ) -> None:
         self.address = (host, port)
         self.concurrency = concurrency
         self.template = template
         self.timeout = timeout
+        # Response bytes kept per connection: enough for the status line by default.
+        self.keep_response = keep_response
+        self.last_response = b""  # the last connection's kept response, for inspection
         self.epoll = select.epoll()
         self.receive_buffer = bytearray(RECV_SIZE)
         self.receive_view = memoryview(self.receive_buffer)
@@ -444,6 +448,7 @@ class LoadGenerator:
         if self.template.request_inner:
             if conn.response.startswith(b"HTTP/1.") and b" 200 " in conn.response[:16]:
                 self.responses += 1
+                self.last_response = conn.response
             else:
                 self.failures[f"bad response {conn.response[:24]!r}"] += 1
         try:
@@ -489,7 +494,7 @@ class LoadGenerator:
             self.handshakes += 1
         if not self.template.request_inner:
             return True  # handshake-only mode: its first ticket is all we wait for
-        if content_type == APPLICATION_DATA and len(conn.response) < 64:
+        if content_type == APPLICATION_DATA and len(conn.response) < self.keep_response:
             conn.response += content
         return False
 

@@ -115,6 +115,18 @@ def test_full_handshakes_and_responses_against_s_server(s_server: tuple[int, Pat
     assert done.returncode == 0
 
 
+def test_s_server_reports_each_handshake_as_new(s_server: tuple[int, Path]) -> None:
+    """``s_server -www`` describes the session in its page: "New" (full handshake) or
+    "Reused" (resumption).  hsload's must all be new."""
+    port, _log = s_server
+    template = hsload.Template.create("localhost", b"GET / HTTP/1.0\r\n\r\n")
+    generator = hsload.LoadGenerator("127.0.0.1", port, 1, template, keep_response=1 << 16)
+    report = generator.run(0.3)
+    assert report.responses > 0 and not report.failures, report
+    assert b"New, TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256" in generator.last_response
+    assert b"Reused" not in generator.last_response
+
+
 @pytest.mark.timeout(60)
 def test_a_wrong_client_finished_is_a_failure(
     s_server: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
