@@ -48,12 +48,20 @@ class Reader:
         self._pos = pos + n
         return pos
 
+    # The readers below inline _take: they run per field of every message received.
+
     def uint8(self) -> int:
-        pos = self._take(1)
+        pos = self._pos
+        if pos >= self._end:
+            raise decode_error("truncated")
+        self._pos = pos + 1
         return self._data[pos]
 
     def uint16(self) -> int:
-        pos = self._take(2)
+        pos = self._pos
+        if pos + 2 > self._end:
+            raise decode_error("truncated")
+        self._pos = pos + 2
         d = self._data
         return (d[pos] << 8) | d[pos + 1]
 
@@ -67,8 +75,12 @@ class Reader:
         return int.from_bytes(self._data[pos : pos + 4], "big")
 
     def bytes(self, n: int) -> bytes:
-        pos = self._take(n)
-        return bytes(self._data[pos : pos + n])
+        pos = self._pos
+        end = pos + n
+        if n < 0 or end > self._end:
+            raise decode_error("truncated")
+        self._pos = end
+        return bytes(self._data[pos:end])
 
     def rest(self) -> builtins.bytes:
         return self.bytes(self.remaining)
@@ -82,20 +94,36 @@ class Reader:
             return self.uint24()
         return self.uint32()
 
-    def vector(self, width: int, minimum: int = 0, maximum: int | None = None) -> builtins.bytes:
-        """An opaque vector with a ``width``-byte length prefix, within bounds."""
-        n = self._length(width)
+    def _span(self, width: int, minimum: int, maximum: int | None) -> tuple[int, int]:
+        """Consume a ``width``-byte length prefix and its vector; the vector's bounds."""
+        pos = self._pos
+        data = self._data
+        if width == 1 and pos < self._end:
+            n = data[pos]
+            pos += 1
+        elif width == 2 and pos + 2 <= self._end:
+            n = (data[pos] << 8) | data[pos + 1]
+            pos += 2
+        else:
+            n = self._length(width)
+            pos = self._pos
         if n < minimum or (maximum is not None and n > maximum):
             raise decode_error(f"vector length {n} outside [{minimum}, {maximum}]")
-        return self.bytes(n)
+        end = pos + n
+        if end > self._end:
+            raise decode_error("truncated")
+        self._pos = end
+        return pos, end
+
+    def vector(self, width: int, minimum: int = 0, maximum: int | None = None) -> builtins.bytes:
+        """An opaque vector with a ``width``-byte length prefix, within bounds."""
+        start, end = self._span(width, minimum, maximum)
+        return bytes(self._data[start:end])
 
     def sub(self, width: int, minimum: int = 0, maximum: int | None = None) -> Reader:
         """A reader over the next length-prefixed vector (for lists of structures)."""
-        n = self._length(width)
-        if n < minimum or (maximum is not None and n > maximum):
-            raise decode_error(f"vector length {n} outside [{minimum}, {maximum}]")
-        pos = self._take(n)
-        return Reader(self._data, pos, pos + n)
+        start, end = self._span(width, minimum, maximum)
+        return Reader(self._data, start, end)
 
     def pairs16(self) -> list[tuple[int, builtins.bytes]]:
         """Everything left as ``(uint16 type, opaque body<0..2^16-1>)`` pairs: the framing

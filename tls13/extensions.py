@@ -14,6 +14,7 @@ the client with :func:`check_offered`.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 import sys
@@ -145,7 +146,7 @@ def parse_extensions(
     the value each recognized body decodes to (what the message's typed accessor
     returns) is stored there by extension type, so a receiver decodes each body once.
     """
-    ctx = ExtContext(context)
+    ctx = _CONTEXTS.get(context) or ExtContext(context)
     rules = _RULES[ctx]
     result = reader.sub(2, minimum).pairs16()
     seen: set[int] = set()
@@ -162,9 +163,9 @@ def parse_extensions(
                     decoded[ext_type] = value
         else:
             _check_placement(ext_type, ctx)
-    if ctx is _CH and ExtensionType.pre_shared_key in seen:
+    if ctx is _CH and _PRE_SHARED_KEY in seen:
         # RFC 8446 §4.2.11: pre_shared_key must be the last extension in ClientHello.
-        if result[-1][0] != ExtensionType.pre_shared_key:
+        if result[-1][0] != _PRE_SHARED_KEY:
             raise illegal_parameter("pre_shared_key is not the last extension")
     return result
 
@@ -232,10 +233,6 @@ def check_offered(received: Sequence[tuple[int, bytes]], offered: Iterable[int])
 # --------------------------------------------------------------------------
 
 
-def _reader(body: bytes) -> Reader:
-    return Reader(body)
-
-
 def _expect_empty(body: bytes, what: str) -> None:
     if body:
         raise decode_error(f"{what} extension must be empty")
@@ -292,7 +289,7 @@ def decode_server_name(body: bytes) -> str | None:
     reaction. Clients such as wrk do send them and OpenSSL/nginx ignore them, so an IP
     literal counts as no server_name at all (default certificate and route).
     """
-    r = _reader(body)
+    r = Reader(body)
     names = r.sub(2, 1)
     r.expect_end("server_name")
     name_type = names.uint8()
@@ -301,6 +298,13 @@ def decode_server_name(body: bytes) -> str | None:
         raise decode_error(f"server_name type {name_type} is not host_name")
     host = names.vector(2, 1)
     names.expect_end("server_name list (one host_name only)")
+    return _host_name(host)
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_name(host: bytes) -> str | None:
+    """The checked, normalized name of one SNI host_name; None for an IP literal.
+    Clients repeat a few names, so the answers are remembered (failures raise, uncached)."""
     if is_ip_literal(host):
         return None
     return normalize_host_name(host)
@@ -320,7 +324,7 @@ def encode_server_name(host: str) -> bytes:
 
 
 def decode_supported_versions_ch(body: bytes) -> list[int]:
-    r = _reader(body)
+    r = Reader(body)
     versions = r.sub(1, 2, 254)
     r.expect_end("supported_versions")
     if versions.remaining % 2:
@@ -338,7 +342,7 @@ def encode_supported_versions_ch(versions: Sequence[int]) -> bytes:
 
 def decode_uint16_body(body: bytes, what: str = "extension") -> int:
     """A body that is a single uint16 (SH supported_versions, HRR key_share, SH psk)."""
-    r = _reader(body)
+    r = Reader(body)
     value = r.uint16()
     r.expect_end(what)
     return value
@@ -404,7 +408,7 @@ def _read_key_share_entry(r: Reader) -> KeyShareEntry:
 
 
 def decode_key_share_ch(body: bytes) -> list[KeyShareEntry]:
-    r = _reader(body)
+    r = Reader(body)
     shares = r.sub(2)
     r.expect_end("key_share")
     entries: list[KeyShareEntry] = []
@@ -429,7 +433,7 @@ def encode_key_share_ch(entries: Sequence[KeyShareEntry]) -> bytes:
 
 
 def decode_key_share_sh(body: bytes) -> KeyShareEntry:
-    r = _reader(body)
+    r = Reader(body)
     entry = _read_key_share_entry(r)
     r.expect_end("key_share")
     return entry
@@ -448,7 +452,7 @@ def encode_key_share_sh(entry: KeyShareEntry) -> bytes:
 
 
 def decode_alpn(body: bytes) -> list[str]:
-    r = _reader(body)
+    r = Reader(body)
     names = r.sub(2, 2)
     r.expect_end("application_layer_protocol_negotiation")
     result = []
@@ -483,7 +487,7 @@ def decode_alpn_selected(body: bytes) -> str:
 
 
 def decode_cookie(body: bytes) -> bytes:
-    r = _reader(body)
+    r = Reader(body)
     cookie = r.vector(2, 1)
     r.expect_end("cookie")
     return cookie
@@ -512,7 +516,7 @@ encode_record_size_limit = encode_uint16_body
 
 
 def decode_psk_modes(body: bytes) -> list[int]:
-    r = _reader(body)
+    r = Reader(body)
     modes: list[int] = list(r.vector(1, 1))
     r.expect_end("psk_key_exchange_modes")
     return modes
@@ -540,7 +544,7 @@ class OfferedPsks:
 
 
 def decode_offered_psks(body: bytes) -> OfferedPsks:
-    r = _reader(body)
+    r = Reader(body)
     ids = r.sub(2, 7)
     identities = []
     while not ids.at_end():
@@ -580,7 +584,7 @@ def encode_offered_psks(psks: OfferedPsks) -> bytes:
 
 
 def decode_max_early_data(body: bytes) -> int:
-    r = _reader(body)
+    r = Reader(body)
     size = r.uint32()
     r.expect_end("early_data")
     return size
@@ -602,7 +606,7 @@ class StatusRequest:
 
 def decode_status_request(body: bytes) -> StatusRequest:
     """CertificateStatusRequest (CH, CR).  Non-OCSP types are kept but opaque."""
-    r = _reader(body)
+    r = Reader(body)
     status_type = r.uint8()
     if status_type != STATUS_TYPE_OCSP:
         return StatusRequest(status_type, (), r.rest())
@@ -622,7 +626,7 @@ def encode_status_request_ocsp() -> bytes:
 
 def decode_certificate_status(body: bytes) -> bytes:
     """CertificateStatus in a CertificateEntry: the DER OCSPResponse."""
-    r = _reader(body)
+    r = Reader(body)
     status_type = r.uint8()
     if status_type != STATUS_TYPE_OCSP:
         raise decode_error(f"unknown certificate status type {status_type}")
@@ -643,7 +647,7 @@ def encode_certificate_status(ocsp_response: bytes) -> bytes:
 
 def decode_certificate_authorities(body: bytes) -> list[bytes]:
     """DER-encoded DistinguishedNames."""
-    r = _reader(body)
+    r = Reader(body)
     names_reader = r.sub(2, 3)
     r.expect_end("certificate_authorities")
     names = []
@@ -709,6 +713,9 @@ _BODY_CHECKS: dict[tuple[int, ExtContext], Callable[[bytes], object]] = {
     (ExtensionType.certificate_authorities, _CR): decode_certificate_authorities,
 }
 
+
+_CONTEXTS: dict[int, ExtContext] = {int(ctx): ctx for ctx in ExtContext}
+_PRE_SHARED_KEY = int(ExtensionType.pre_shared_key)
 
 # Per message: every extension allowed there -> its body check (None: no body syntax to check).
 _RULES: dict[ExtContext, dict[int, Callable[[bytes], object] | None]] = {
