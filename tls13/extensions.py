@@ -440,10 +440,10 @@ def decode_key_share_sh(body: bytes) -> KeyShareEntry:
 
 
 def encode_key_share_sh(entry: KeyShareEntry) -> bytes:
-    w = Writer()
-    w.uint16(entry.group)
-    w.vector(2, entry.key_exchange)
-    return w.getvalue()
+    key_exchange = entry.key_exchange
+    if len(key_exchange) > 0xFFFF:
+        raise ValueError("vector too long for its length prefix")
+    return _EXT_HEAD(entry.group, len(key_exchange)) + key_exchange
 
 
 # ALPN (RFC 7301 §3.1) -------------------------------------------------------

@@ -446,7 +446,7 @@ class ServerConnection(Connection):
 
     def _use_config(self, config: ServerConfig) -> None:
         """Adopt a per-name configuration, Limits included, from this ClientHello on."""
-        if config.limits != self._config.limits:
+        if config.limits is not self._config.limits and config.limits != self._config.limits:
             self._apply_limits(config.limits)
         self._config = config
         self._keylog = config.keylog
@@ -466,7 +466,9 @@ class ServerConnection(Connection):
         if groups is None:
             # RFC 8446 §9.2: a (EC)DHE handshake needs supported_groups and key_share.
             raise TLSError(AlertDescription.missing_extension, "no supported_groups")
-        shares = _validated_shares(hello, groups)
+        # _negotiate ran _check_key_exchange_extensions: the shares are validated.
+        shares = hello.key_shares()
+        assert shares is not None
         candidates = self._group_candidates(groups)
         if not candidates:
             raise handshake_failure("no common key exchange group")

@@ -11,7 +11,7 @@ never used for CertificateVerify (``for_handshake`` is false).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -71,6 +71,22 @@ def certificate_key_kind(cert: x509.Certificate) -> str | None:
     return key_kind(cert.public_key())
 
 
+# A server signs with the same few keys all day: their kinds by id(key), the key kept
+# alongside so a reused id is never mistaken for it (bounded: cleared when full).
+_SIGNING_KINDS: dict[int, tuple[PrivateKeyTypes, str | None]] = {}
+
+
+def _signing_key_kind(private_key: PrivateKeyTypes) -> str | None:
+    known = _SIGNING_KINDS.get(id(private_key))
+    if known is not None and known[0] is private_key:
+        return known[1]
+    kind = key_kind(private_key)
+    if len(_SIGNING_KINDS) >= 64:
+        _SIGNING_KINDS.clear()
+    _SIGNING_KINDS[id(private_key)] = (private_key, kind)
+    return kind
+
+
 @dataclass(frozen=True, slots=True)
 class SignatureScheme:
     """One row of the §4.2.3 table."""
@@ -80,6 +96,12 @@ class SignatureScheme:
     key_kinds: frozenset[str]
     hash: hashes.HashAlgorithm | None  # None for EdDSA (the hash is part of the algorithm)
     for_handshake: bool = True  # False: only valid in signature_algorithms_cert
+    #: The ECDSA algorithm object of an ECDSA row, made once (None for other schemes).
+    ecdsa: ec.ECDSA | None = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.hash is not None and self.key_kinds & {P256, P384, P521}:
+            object.__setattr__(self, "ecdsa", ec.ECDSA(self.hash))
 
     def fits(self, kind: str | None) -> bool:
         return kind in self.key_kinds
@@ -101,8 +123,10 @@ class SignatureScheme:
 
     def sign(self, private_key: PrivateKeyTypes, data: bytes) -> bytes:
         """Sign ``data``; a key that does not fit this scheme is an internal_error."""
-        if not self._usable_with(key_kind(private_key)):
+        if not self._usable_with(_signing_key_kind(private_key)):
             raise TLSError(AlertDescription.internal_error, f"key cannot sign {self.name}")
+        if self.ecdsa is not None and isinstance(private_key, ec.EllipticCurvePrivateKey):
+            return private_key.sign(data, self.ecdsa)
         if isinstance(private_key, rsa.RSAPrivateKey):
             assert self.hash is not None
             return private_key.sign(data, self._padding(), self.hash)
