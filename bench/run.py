@@ -62,8 +62,8 @@ class Plan:
     # Large enough that a target spends hundreds of clock ticks (10 ms each) per transfer.
     bulk_bytes: int = 256 * 1024 * 1024
     hold_levels: tuple[int, ...] = (1000, 10000)
-    scaling_rounds: int = 3
-    scaling_duration: float = 3.0
+    scaling_rounds: int = 4
+    scaling_duration: float = 2.5
     # Enough handshakes in flight to keep two workers busy through every round trip.
     scaling_concurrency: int = 32
     target_cpus: str | None = "0"
@@ -474,7 +474,10 @@ def run_scaling(benches: list[TargetBench], plan: Plan, workdir: Path) -> None:
                     instances.append((bench, workers, instance))
         for number in range(1, plan.scaling_rounds + 1):
             log(f"scaling round {number}/{plan.scaling_rounds}")
-            for bench, workers, instance in instances:
+            # Every other round in reverse order (ABBA): a drift in the machine's other
+            # load then weighs on 1 and 2 workers alike.
+            order = instances if number % 2 else instances[::-1]
+            for bench, workers, instance in order:
                 step = functools.partial(
                     bench.scaling_round, workers=workers, backend_pid=backend.pid
                 )
