@@ -573,7 +573,8 @@ def machine_notes(plan: Plan, load_at_start: tuple[float, float, float]) -> dict
         ),
         "pinning": (
             f"target on CPU {plan.target_cpus}, load generators and backend on CPU {plan.load_cpus}"
-            if plan.target_cpus
+            " (the scaling section: none)"
+            if plan.target_cpus and not plan.only_scaling
             else "none"
         ),
     }

@@ -92,6 +92,9 @@ def test_quick_run_against_the_ssl_reference(tmp_path: Path) -> None:
     assert resumed["resumed"] > 0  # and -reuse really resumed
     assert [row["established"] for row in result["memory"]] == [20, 60]
     assert result["scaling"]["w1"] and result["scaling"]["w2"]
+    for rounds in result["scaling"].values():  # hsload's handshakes, each with its response
+        assert rounds[0]["units"] > 0 and rounds[0]["extra"]["responses"] > 0
+        assert rounds[0]["extra"]["generator_cpu_per_hs"] > 0  # the generator's cost shown
     # A missing client tool is reported as that metric's failure, never silently dropped.
     if shutil.which("wrk"):
         assert result["metrics"]["keepalive"][0]["units"] > 0
