@@ -8,7 +8,7 @@ only measures the client.  This generator keeps ``--concurrency`` connections in
 and makes each one a genuine full TLS 1.3 handshake (RFC 8446 §2, no PSK offered, so
 the server must run its whole key exchange, sign a CertificateVerify and check our
 Finished), then by default sends one ``GET / HTTP/1.0`` and reads the response to the
-end, as ``openssl s_time -new -www /`` does.
+end, as ``openssl s_time -new -www /`` does, and closes with a close_notify.
 
 What it does *not* do, to stay cheap, and why that is acceptable for a load generator:
 
@@ -16,17 +16,19 @@ What it does *not* do, to stay cheap, and why that is acceptable for a load gene
   server still picks a fresh ServerHello random and key share per connection, so every
   connection has its own secrets, and each server-side handshake costs exactly what a
   fresh client's would.  A real client MUST NOT reuse them this way.
-- The certificate and CertificateVerify are not verified (like ``curl -k``); the
-  server's Finished *is* checked, and a handshake counts only once a record the server
-  sent after our Finished (its NewSessionTicket or its response) decrypts with the
-  application keys — proof that the server accepted our Finished.
+- The certificate and CertificateVerify are not verified (like ``curl -k``), nor is the
+  server's Finished: a handshake counts only once a record the server sent after our
+  Finished (its NewSessionTicket or its response) decrypts with the application keys,
+  which derive from the whole transcript — proof that both sides saw the same
+  handshake and that the server accepted our Finished (a wrong one gets its alert).
 - Only TLS_AES_128_GCM_SHA256 and x25519 are offered (every TLS 1.3 server implements
   the first, §9.1; all targets here support the second).
 
 Everything that does not depend on the server's key share is computed once: the
 ClientHello record, the transcript hash state after it, the early-stage "derived"
-secret, the HTTP request.  All primitives come from ``cryptography`` through
-``tls13.keyschedule`` (HKDF-Expand-Label, Derive-Secret, Finished) and ``AESGCM``.
+secret, the HTTP request, the HkdfLabel of every label.  All primitives come from
+``cryptography``: X25519, HKDF-Extract (through ``tls13.keyschedule``), HKDF-Expand
+(``HKDFExpand``), HMAC and AES-GCM.
 
 Output: one JSON object on stdout with handshakes completed, HTTP responses read,
 failures by reason (alerts named), connections left unfinished at the deadline, wall
