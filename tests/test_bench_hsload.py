@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
 import bench_certs  # noqa: E402
+import bench_targets  # noqa: E402
 import hsload  # noqa: E402
 
 from tls13.keyschedule import derive_secret, hkdf_expand_label  # noqa: E402
@@ -141,3 +143,66 @@ def test_a_wrong_client_finished_is_a_failure(
     assert report.failures and all("decrypt_error" in why for why in report.failures), (
         report.failures
     )
+
+
+def _hsload(port: int, duration: float, concurrency: int) -> dict[str, object]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "hsload.py"),
+            "--port",
+            str(port),
+            "--duration",
+            str(duration),
+            "--concurrency",
+            str(concurrency),
+        ],
+        capture_output=True,
+        timeout=duration + 50,
+        check=False,
+    )
+    report: dict[str, object] = json.loads(done.stdout)
+    return report
+
+
+@pytest.mark.timeout(90)
+def test_our_daemon_logs_each_hsload_connection_as_full_and_clean(tmp_path: Path) -> None:
+    """Our access log, per connection: resumed=false (a full handshake), and end=ok for
+    every connection hsload finished (response read, close_notify both ways)."""
+    material = bench_certs.write_material(tmp_path)
+    backend, backend_port = bench_targets.start_backend(tmp_path, None, "light_backend.py")
+    port = bench_targets.free_port()
+    config = tmp_path / "ours.toml"
+    text = bench_targets.ours_config(material, tmp_path, port, backend_port, 1)
+    config.write_text(text.replace("access_log = false", "access_log = true"))
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "run", "--config", str(config)],
+            cwd=bench_targets.REPO_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        bench_targets.wait_for_port(port, daemon, timeout=30)
+        report = _hsload(port, 1.0, 4)
+        assert report["handshakes"] and report["failures"] == {}, report
+        deadline = time.monotonic() + 10
+        while True:  # each access line is written when its connection has ended
+            lines = [line for line in log.read_text().splitlines() if "event=access" in line]
+            ok = [line for line in lines if " end=ok" in line]
+            if len(ok) >= int(str(report["responses"])) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(20)
+        backend.terminate()
+        backend.wait(10)
+    assert len(ok) == report["responses"]
+    # Every connection that got through a handshake says it was full (the port probe of
+    # wait_for_port never started one, so its line has no version).
+    handshaken = [line for line in lines if " version=TLSv1.3 " in line]
+    assert len(handshaken) >= len(ok)
+    assert all(" resumed=false " in line for line in handshaken)
