@@ -23,8 +23,15 @@ import trio
 
 from proxy import proxyprotocol
 from proxy.backends import BackendError, BackendLease, BackendPool, NoHealthyBackend
+from proxy.reactor import (
+    DownstreamRelay,
+    SendFailed,
+    Unsent,
+    UpstreamRelay,
+    current_reactor,
+)
 from proxy.routing import Route, RouteTable
-from proxy.tlsstream import FastSocketStream, TLSStreamError, TLSTruncated
+from proxy.tlsstream import FastSocketStream, TLSStream, TLSStreamError, TLSTruncated
 
 if TYPE_CHECKING:
     from tls13.alerts import TLSError
@@ -613,6 +620,14 @@ class _SpliceState:
             self._moved_at = now
             self.scope.deadline = now + self.idle + self.slack
 
+    def moved(self, size: int, upstream: bool) -> None:
+        """A chunk went through (proxy.reactor.Progress): push the deadline back, count it."""
+        self.touch()
+        if upstream:
+            self.record.bytes_from_client += size
+        else:
+            self.record.bytes_to_client += size
+
 
 async def splice(
     client: trio.abc.Stream,
@@ -646,23 +661,51 @@ async def _pass_eof(sink: trio.abc.Stream) -> None:
         pass
 
 
+def _relay_for(
+    source: trio.abc.Stream, sink: trio.abc.Stream, state: _SpliceState, upstream: bool
+) -> UpstreamRelay | DownstreamRelay | None:
+    """The reactor-driven fast path for this direction, when both ends are our own streams
+    over plain sockets (else the pump uses the streams' ``receive_some``/``send_all``)."""
+    client, backend = (source, sink) if upstream else (sink, source)
+    if not isinstance(client, TLSStream) or not isinstance(backend, FastSocketStream):
+        return None
+    client_raw = client.raw_socket
+    reactor = current_reactor()
+    if client_raw is None or reactor is None:
+        return None
+    relay: UpstreamRelay | DownstreamRelay
+    if upstream:
+        relay = UpstreamRelay(reactor, client, client_raw, backend, state)
+    else:
+        relay = DownstreamRelay(reactor, backend, client, state, state.chunk)
+    return relay if reactor.add(relay) else None
+
+
 async def _pump(
     source: trio.abc.Stream, sink: trio.abc.Stream, state: _SpliceState, upstream: bool
 ) -> None:
-    """Copy one direction; ``upstream`` means client → backend."""
+    """Copy one direction; ``upstream`` means client → backend. With a relay, chunks move
+    in reactor callbacks and this task only finishes what a callback could not (see
+    proxy.reactor); the outcomes and errors are the same as on the streams' own path."""
     receiving = True
+    relay = _relay_for(source, sink, state, upstream)
+    data: bytes | bytearray | None
     try:
         while True:
             receiving = True
-            data = await source.receive_some(state.chunk)
+            if relay is not None and relay.usable():
+                item = await relay.wait()
+                if isinstance(item, (Unsent, SendFailed)):
+                    receiving = False
+                data = await relay.finish(item, state.chunk)
+                if data is None:
+                    continue
+            else:
+                data = await source.receive_some(state.chunk)
             receiving = False
             if not data:
                 break
-            state.touch()
-            if upstream:
-                state.record.bytes_from_client += len(data)
-            else:
-                state.record.bytes_to_client += len(data)
+            state.moved(len(data), upstream)
             await sink.send_all(data)
         await _pass_eof(sink)
     except TLSTruncated as exc:
@@ -676,3 +719,6 @@ async def _pump(
         side = "client" if receiving == upstream else "backend"
         state.record.finish(f"{side}_error", str(exc))
         state.scope.cancel()
+    finally:
+        if relay is not None:
+            relay.reactor.remove(relay)

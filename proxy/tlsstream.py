@@ -296,7 +296,8 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._incoming_size = 0
         self._held = b""  # post-handshake tickets waiting for our next write
         self._eof = False
-        self._send_lock = trio.Lock()
+        # One writer at a time (a Semaphore: a relay callback may take it for the task).
+        self._send_lock = trio.Semaphore(1, max_value=1)
         self._receiving = False
         self._closed = False
         self._sent_close_notify = False
@@ -384,33 +385,117 @@ class TLSStream(trio.abc.HalfCloseableStream):
     async def _read_transport(self) -> None:
         try:
             data = await self._receive_wire()
-            self.wire_received += len(data)
         except trio.BrokenResourceError as exc:
             self._eof, self.clean_close = True, False
             raise TLSTruncated(f"transport failed: {exc}") from exc
-        try:
-            happened = self.connection.receive_data(bytes(data))
-        except TLSError as exc:
+        await self._absorb(data)
+
+    async def _absorb(
+        self, data: bytes, outcome: list[events.Event] | TLSError | None = None
+    ) -> None:
+        """Feed ``data`` read from the transport to the engine and act on what happened.
+        ``outcome``: the engine already took ``data`` (the relay's fast path) and returned
+        these events or raised this error."""
+        if outcome is None:
+            self.wire_received += len(data)
+            try:
+                outcome = self.connection.receive_data(bytes(data))
+            except TLSError as exc:
+                outcome = exc
+        if isinstance(outcome, TLSError):
             self._eof = True
-            if not data and not getattr(exc, "sent_by_peer", False):
+            if not data and not getattr(outcome, "sent_by_peer", False):
                 # The peer simply went away mid-handshake (a port probe, a give-up).
-                raise TLSTruncated("connection closed during the handshake") from exc
-            self.tls_error = exc
+                raise TLSTruncated("connection closed during the handshake") from outcome
+            self.tls_error = outcome
             await self._flush_quietly()
-            raise TLSStreamError(f"TLS error: {exc}", exc) from exc
+            raise TLSStreamError(f"TLS error: {outcome}", outcome) from outcome
+        happened = outcome
         self._handle_events(happened)
         if not data and not self._eof:
             # The engine must report EOF; treat silence as truncation to be safe.
             self._eof, self.clean_close = True, False
         # Replies owed by the receive side (tickets, KeyUpdate): take the lock only when
         # there is something to send, so reading never waits behind a blocked writer.
-        # Draining before waiting keeps the byte order: trio's Lock is FIFO and whoever
-        # drains later also sends later.
+        # Draining before waiting keeps the byte order: trio's Semaphore is FIFO and
+        # whoever drains later also sends later.
         out = self.connection.data_to_send()
         if out and self._completes_handshake(happened):
             self._held += out  # the tickets: they travel with our next write
         elif out:
             await self._locked_send(out)
+
+    async def receive_after(self, wire: bytes | OSError, outcome: object, max_bytes: int) -> bytes:
+        """``receive_some`` for a relay that read ``wire`` itself (or failed to) and may have
+        fed it to the engine (``outcome``: events or TLSError, else None)."""
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving")
+        if isinstance(wire, OSError):
+            error = _stream_error(wire)
+            if isinstance(error, trio.BrokenResourceError):
+                self._eof, self.clean_close = True, False
+                raise TLSTruncated(f"transport failed: {error}") from wire
+            raise error from wire
+        self._receiving = True
+        try:
+            assert outcome is None or isinstance(outcome, (list, TLSError))
+            await self._absorb(wire, outcome)
+        finally:
+            self._receiving = False
+        return await self.receive_some(max_bytes)
+
+    # -- the relay's fast path (proxy.reactor): synchronous, for the common case only -------
+
+    @property
+    def raw_socket(self) -> stdlib_socket.socket | None:
+        """The transport's stdlib socket when the relay may bypass the stream layers."""
+        transport = self.transport
+        return transport._raw if isinstance(transport, FastSocketStream) else None
+
+    def receive_ready(self) -> bool:
+        """Nothing buffered, nothing held, not ended: the relay may read the socket itself."""
+        return not (self._incoming or self._eof or self._held or self._closed or self._receiving)
+
+    def send_ready(self) -> bool:
+        """No write in progress or queued, stream open: the relay may write at once."""
+        transport = self.transport
+        return (
+            self._send_lock.value == 1
+            and not self._held
+            and not self._closed
+            and not self._sent_close_notify
+            and self.info is not None
+            and self.tls_error is None
+            and isinstance(transport, FastSocketStream)
+            and not transport._sending
+            and not transport.socket.did_shutdown_SHUT_WR
+        )
+
+    def send_now(self, data: bytes) -> memoryview | None:
+        """Encrypt ``data`` and write it without waiting (the caller checked ``send_ready``).
+        Returns the part the socket did not take; the write lock then stays held until
+        :meth:`finish_send` wrote it, so nothing can overtake it. Socket errors propagate."""
+        connection = self.connection
+        connection.send_data(data)
+        self.bytes_sent += len(data)
+        out = connection.data_to_send()
+        self.wire_sent += len(out)
+        raw = self.transport._raw  # type: ignore[attr-defined]
+        try:
+            sent = raw.send(out)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(out):
+            return None
+        self._send_lock.acquire_nowait()
+        return memoryview(out)[sent:]
+
+    async def finish_send(self, rest: memoryview) -> None:
+        """Write what :meth:`send_now` left over, then let other writers in."""
+        try:
+            await self.transport.send_all(rest)
+        finally:
+            self._send_lock.release()
 
     @staticmethod
     def _completes_handshake(happened: list[events.Event]) -> bool:
@@ -449,6 +534,8 @@ class TLSStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("close_notify already sent")
         if self.info is None:
             raise trio.BrokenResourceError("handshake not complete")
+        if self.tls_error is not None:  # the receive side failed; it reports the alert
+            raise TLSStreamError(f"TLS error: {self.tls_error}", self.tls_error)
         self.connection.send_data(bytes(data))
         self.bytes_sent += len(data)
         await self._flush()
@@ -478,11 +565,11 @@ class TLSStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint()  # nothing to write, but callers expect a checkpoint
 
     async def _locked_send(self, out: bytes) -> None:
-        """Send under the write lock. Taking a free lock does not yield (``async with`` on a
-        trio.Lock would, once per write); the transport's send is the checkpoint. Bytes were
-        drained from the engine before waiting, and trio's Lock is FIFO, so order holds."""
+        """Send under the write lock. Taking a free lock does not yield (``async with``
+        would, once per write); the transport's send is the checkpoint. Bytes were drained
+        from the engine before waiting, and trio's Semaphore is FIFO, so order holds."""
         lock = self._send_lock
-        if lock.locked():
+        if not lock.value:
             await lock.acquire()
         else:
             lock.acquire_nowait()
