@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from proxy.tlsstream import READ_SIZE, FastSocketStream, TLSStream, _stream_error
+from proxy.tlsstream import (
+    READ_SIZE,
+    TICKET_HOLD,
+    FastSocketStream,
+    TLSStream,
+    _stream_error,
+)
 from tls13.alerts import TLSError
 from tls13.events import ApplicationData
 
@@ -272,9 +278,18 @@ class UpstreamRelay(Relay):
     def usable(self) -> bool:
         return self.client.receive_ready()
 
+    async def wait(self) -> object:
+        """Held tickets wait for our next write, but at most TICKET_HOLD while the task
+        is parked (the stream's read path has the same bound for a silent client)."""
+        if not self.client.holding:
+            return await super().wait()
+        with trio.move_on_after(TICKET_HOLD):
+            return await super().wait()
+        return _SEND_HELD
+
     def step(self) -> None:
         client = self.client
-        if not client.receive_ready():  # the other direction ended or held bytes for us
+        if not client.receive_ready():  # buffered plaintext or an end: the stream's path
             self.hand_over(_Resume())
             return
         try:
@@ -332,6 +347,9 @@ class UpstreamRelay(Relay):
             return await self.client.receive_after(item.wire, item.outcome, chunk)
         if isinstance(item, _Resume):
             return await self.client.receive_some(chunk)
+        if item is _SEND_HELD:
+            await self.client.send_held()
+            return None
         await _finish_write(item, self.backend.send_all)
         return None
 
@@ -391,6 +409,9 @@ class _Resume:
     """The task should continue on the stream's own read path."""
 
     __slots__ = ()
+
+
+_SEND_HELD = object()  # the task should send the held tickets
 
 
 async def _finish_write(item: object, write: Callable[[memoryview], Awaitable[None]]) -> None:

@@ -453,8 +453,18 @@ class TLSStream(trio.abc.HalfCloseableStream):
         return transport._raw if isinstance(transport, FastSocketStream) else None
 
     def receive_ready(self) -> bool:
-        """Nothing buffered, nothing held, not ended: the relay may read the socket itself."""
-        return not (self._incoming or self._eof or self._held or self._closed or self._receiving)
+        """Nothing buffered, not ended: the relay may read the socket itself."""
+        return not (self._incoming or self._eof or self._closed or self._receiving)
+
+    @property
+    def holding(self) -> bool:
+        """Tickets (or a reply) wait for our next write."""
+        return bool(self._held)
+
+    async def send_held(self) -> None:
+        """Send what is held now: the client stayed silent for TICKET_HOLD."""
+        if self._held:
+            await self._locked_send(b"")
 
     def send_ready(self) -> bool:
         """No write in progress or queued, stream open: the relay may write at once."""
