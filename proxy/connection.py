@@ -269,12 +269,13 @@ async def handle_connection(
     runtime.observer.connection_opened(record)
     try:
         await _serve(transport, runtime, record)
-    except trio.Cancelled:
-        record.finish("shutdown", "closed at the end of the drain period")
-        raise
     except Exception as exc:
         record.finish("error", repr(exc))
         log.exception("connection from %s failed unexpectedly", record.client_address)
+    except BaseException as exc:
+        if _is_cancellation(exc):
+            record.finish("shutdown", "closed at the end of the drain period")
+        raise
     finally:
         record.duration = time.monotonic() - record.started_monotonic
         if _still_open(transport):  # usually the TLS stream closed it already
@@ -283,13 +284,24 @@ async def handle_connection(
         runtime.observer.connection_finished(record)
 
 
+def _is_cancellation(exc: BaseException) -> bool:
+    """trio.Cancelled, or an exception group holding nothing else (the pumps' nursery when
+    both were cancelled at once; a group on 3.11+ or from the exceptiongroup backport)."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    inner = getattr(exc, "exceptions", None)
+    return isinstance(inner, tuple) and bool(inner) and all(map(_is_cancellation, inner))
+
+
 async def _close_transport(stream: trio.abc.Stream) -> None:
-    """Close a backend or client TCP stream. Our socket stream closes synchronously, so the
-    scheduler round trip its ``aclose`` checkpoint costs is skipped: the connection task
-    checkpoints again as it ends (the TLS stream's close comes right after)."""
+    """Close a backend stream or the client's TLS stream. Our TCP streams close
+    synchronously, and a TLS stream that owes the peer nothing more does too, so the
+    scheduler round trip of an ``aclose`` checkpoint is skipped: the connection task is
+    about to end anyway. Anything else (close_notify still owed, other stream types) goes
+    through ``aclose``."""
     if isinstance(stream, FastSocketStream):
         stream.socket.close()
-    else:
+    elif not (isinstance(stream, TLSStream) and stream.close_now()):
         await stream.aclose()
 
 
@@ -306,9 +318,12 @@ async def _serve(
         established = await _establish(transport, runtime, record, forwarder)
         if established is None:
             return
+        client = established.stream
         try:
-            async with established.stream as client:
+            try:
                 await _proxy(client, established, runtime, record, forwarder)
+            finally:
+                await _close_transport(client)
         finally:
             stream = established.stream
             record.tickets_issued = getattr(stream, "tickets_issued", 0)
