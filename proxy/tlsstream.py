@@ -15,6 +15,11 @@
   write (usually the first response bytes, or close_notify): one send instead of two.
   RFC 8446 §4.6.1 lets the server send them at any time after the client's Finished.
 
+* An established stream with no traffic for a whole ``IDLE_SWEEP`` interval lets its engine
+  release what it rebuilds on demand (``ServerConnection.release_idle_memory``: the AEAD
+  contexts, most of an idle connection's engine memory). One system task per trio run does
+  this for every stream, comparing the wire byte counts: nothing on the data path.
+
 ``FastSocketStream`` is the TCP transport under it (and towards backends): a
 ``trio.SocketStream`` whose send/receive try the socket first and yield to the scheduler
 only when the socket would block or after a run of operations that did not block.  The
@@ -28,6 +33,7 @@ import logging
 import math
 import os
 import socket as stdlib_socket
+import weakref
 from typing import TYPE_CHECKING
 
 import trio
@@ -47,6 +53,9 @@ TICKET_HOLD = 0.05
 # Successive socket operations that completed without blocking before one yields anyway,
 # so a connection with data always ready (a bulk transfer) cannot starve the others.
 FAIR_STREAK = 8
+# Seconds between idle sweeps: a stream quiet for a whole interval releases engine memory,
+# which costs a busy connection nothing and a rarely busy one about 5 µs per wake-up.
+IDLE_SWEEP = 1.0
 _CLOSED_ERRNOS = frozenset((errno.EBADF, errno.ENOTSOCK))
 
 
@@ -254,6 +263,35 @@ async def _connect_result(raw: stdlib_socket.socket, timeout: float) -> int:
     return raw.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_ERROR)
 
 
+class _IdleSweeper:
+    """Every ``IDLE_SWEEP`` seconds, the streams that saw no traffic since the previous sweep
+    release their engine's idle memory. One task for all streams of a trio run: no timer per
+    connection. Weak references: a stream whose task ended needs no unregistering."""
+
+    def __init__(self) -> None:
+        self.streams: weakref.WeakSet[TLSStream] = weakref.WeakSet()
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(IDLE_SWEEP)
+            for stream in self.streams:
+                stream.sweep_idle()
+
+
+_SWEEPER: trio.lowlevel.RunVar[_IdleSweeper] = trio.lowlevel.RunVar("tls13proxy_idle_sweeper")
+
+
+def _idle_sweeper() -> _IdleSweeper:
+    """This trio run's sweeper, started (as a system task) by the first stream that needs it."""
+    try:
+        return _SWEEPER.get()
+    except LookupError:
+        sweeper = _IdleSweeper()
+        _SWEEPER.set(sweeper)
+        trio.lowlevel.spawn_system_task(sweeper.run, name="tls13proxy idle sweeper")
+        return sweeper
+
+
 class TLSStreamError(trio.BrokenResourceError):
     """The TLS layer failed (``alert`` holds what was sent or received)."""
 
@@ -302,6 +340,9 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._closed = False
         self._sent_close_notify = False
         self._aborted = False
+        # Wire bytes both ways at the last idle sweep (the relay's fast path moves bytes
+        # without this class's methods, but it counts them too).
+        self._swept_at = -1
 
     # -- handshake -------------------------------------------------------------------------
 
@@ -521,6 +562,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
                 self.early_data += event.data
             elif isinstance(event, events.HandshakeComplete):
                 self.info = event
+                _idle_sweeper().streams.add(self)
             elif isinstance(event, events.ClientHelloReceived):
                 self.client_hello = event
             elif isinstance(event, events.SessionTicketIssued):
@@ -598,6 +640,15 @@ class TLSStream(trio.abc.HalfCloseableStream):
                 await self._flush()
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
                 pass
+
+    def sweep_idle(self) -> None:
+        """Called by the idle sweeper: release engine memory if nothing moved since the
+        previous sweep (the next record rebuilds it), else start a new quiet interval."""
+        moved = self.wire_received + self.wire_sent
+        if moved != self._swept_at:
+            self._swept_at = moved
+        elif not self._closed:
+            self.connection.release_idle_memory()
 
     def abort(self) -> None:
         """Make the coming ``aclose`` end the TCP stream without close_notify: what we relayed

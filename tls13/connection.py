@@ -23,7 +23,7 @@ from collections.abc import Callable
 from . import events
 from .alerts import AlertDescription, AlertLevel, TLSError, alert_name, decode_error
 from .config import Limits
-from .keyschedule import KeySchedule, export, next_traffic_secret
+from .keyschedule import KeySchedule, derive_secret, export, next_traffic_secret
 from .messages import HandshakeReassembler, HandshakeType, KeyUpdate
 from .record import RecordLayer
 from .suites import CipherSuite
@@ -61,6 +61,37 @@ class Connection(ABC):
 
     is_client: bool = False
 
+    # Slots, not a per-instance dict: a server holds one of these per idle connection, and
+    # with this many attributes a dict costs about 2 KB more (docs/architecture.md, memory).
+    __slots__ = (
+        "_limits",
+        "_keylog",
+        "_clock",
+        "_record",
+        "_reassembler",
+        "_events",
+        "_handshake_out",
+        "_suite",
+        "_transcript",
+        "_client_random",
+        "_read_secret",
+        "_write_secret",
+        "_exporter_secret",
+        "_exporter_source",
+        "_read_key_changed",
+        "_handshake_done",
+        "_handshake_bytes_received",
+        "_info",
+        "_close_sent",
+        "_close_received",
+        "_error",
+        "_empty_records",
+        "_warning_alerts",
+        "_ccs_received",
+        "_key_update_times",
+        "_state",
+    )
+
     def __init__(
         self,
         *,
@@ -84,9 +115,9 @@ class Connection(ABC):
         self._read_secret: bytes | None = None  # current application traffic secrets
         self._write_secret: bytes | None = None
         self._exporter_secret: bytes | None = None
-        # Until first use: the schedule and transcript hash (through the server Finished)
+        # Until first use: the master secret and transcript hash (through the server Finished)
         # the exporter_master_secret derives from (§7.1); most connections never export.
-        self._exporter_source: tuple[KeySchedule, bytes] | None = None
+        self._exporter_source: tuple[bytes, bytes] | None = None
         self._read_key_changed = False
         self._handshake_done = False
         self._handshake_bytes_received = 0  # before completion; bounded by max_handshake_buffer
@@ -97,7 +128,8 @@ class Connection(ABC):
         self._empty_records = 0
         self._warning_alerts = 0
         self._ccs_received = 0
-        self._key_update_times: deque[float] = deque()
+        # Made at the first KeyUpdate: an empty deque alone costs 760 bytes per connection.
+        self._key_update_times: deque[float] | None = None
         self._state: enum.Enum = _Initial.START
 
     # ------------------------------------------------------------------ public API
@@ -177,6 +209,15 @@ class Connection(ABC):
             raise ConnectionStateError("exporter length out of range")
         return export(self._suite.hash, exporter_secret, label, context, length)
 
+    def release_idle_memory(self) -> None:
+        """The caller saw no traffic for a while: drop state that is rebuilt on demand.
+
+        Today that is the two AEAD objects (about 2.5 KB of OpenSSL state each for AES-GCM,
+        most of an idle connection's engine memory); the next record rebuilds them from the
+        kept keys (about 2 µs each).  Safe at any time; nothing changes on the wire.
+        """
+        self._record.release_idle()
+
     # ------------------------------------------------------------------ subclass interface
 
     @abstractmethod
@@ -243,8 +284,11 @@ class Connection(ABC):
 
     def _set_exporter_source(self, schedule: KeySchedule, transcript_hash: bytes) -> None:
         """Remember where the exporter_master_secret comes from; it is derived on first
-        use, or at once when a keylog wants it (EXPORTER_SECRET)."""
-        self._exporter_source = (schedule, transcript_hash)
+        use, or at once when a keylog wants it (EXPORTER_SECRET).  Only the master secret is
+        kept, not the schedule: an idle connection holds no handshake secrets."""
+        master_secret = schedule.master_secret
+        assert master_secret is not None
+        self._exporter_source = (master_secret, transcript_hash)
         if self._keylog is not None:
             exporter_secret = self._exporter()
             assert exporter_secret is not None
@@ -252,8 +296,12 @@ class Connection(ABC):
 
     def _exporter(self) -> bytes | None:
         if self._exporter_secret is None and self._exporter_source is not None:
-            schedule, transcript_hash = self._exporter_source
-            self._exporter_secret = schedule.exporter_master_secret(transcript_hash)
+            master_secret, transcript_hash = self._exporter_source
+            assert self._suite is not None
+            # RFC 8446 §7.1: exporter_master_secret = Derive-Secret(MS, "exp master", CH..SF).
+            self._exporter_secret = derive_secret(
+                self._suite.hash, master_secret, b"exp master", transcript_hash
+            )
             self._exporter_source = None
         return self._exporter_secret
 
@@ -407,6 +455,8 @@ class Connection(ABC):
     def _rate_limit_key_updates(self) -> None:
         now = self._clock()
         window = self._key_update_times
+        if window is None:
+            window = self._key_update_times = deque()
         while window and now - window[0] >= 60.0:
             window.popleft()
         window.append(now)

@@ -265,6 +265,34 @@ class ServerConnection(Connection):
 
     is_client = False
 
+    __slots__ = (
+        "_config",
+        "_key_schedule",
+        "_first_hello",
+        "_hello_raw",
+        "_cookie",
+        "_hrr_group",
+        "_group",
+        "_chain",
+        "_scheme",
+        "_server_name",
+        "_alpn",
+        "_client_hs_secret",
+        "_server_hs_secret",
+        "_hello_retry",
+        "_post_transcript",
+        "_client_app_secret",
+        "_resumption_secret",
+        "_sent_ccs",
+        "_early_accepted",
+        "_early_received",
+        "_psk_modes",
+        "_resumption",
+        "_post_handshake_auth_offered",
+        "_peer_auth",
+        "_post_auth_requests",
+    )
+
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(
             limits=config.limits,
@@ -1049,7 +1077,23 @@ class ServerConnection(Connection):
         self._record.accept_plaintext_alerts = False  # every later alert is protected
         self._complete_handshake(self._handshake_info())
         self._issue_tickets()
+        self._forget_handshake()
         return ServerState.CONNECTED
+
+    def _forget_handshake(self) -> None:
+        """Drop what only the handshake needed once the tickets are out: an idle connection
+        keeps its traffic secrets (KeyUpdate), the exporter secret and, only if the client
+        may be asked for a certificate later, the transcript (RFC 8446 §4.6.2)."""
+        self._key_schedule = None
+        self._hello_raw = b""
+        self._first_hello = None
+        self._cookie = b""
+        self._client_hs_secret = self._server_hs_secret = b""
+        self._client_app_secret = self._resumption_secret = b""
+        self._resumption = None
+        self._peer_auth = None  # its certificates are in the HandshakeComplete event
+        if not (self._post_handshake_auth_offered and self._config.client_ca):
+            self._transcript = None
 
     def _on_post_finished(self, raw: bytes) -> ServerState:
         """RFC 8446 §4.6.2: the client's Finished closing post-handshake authentication."""
@@ -1064,6 +1108,7 @@ class ServerConnection(Connection):
             raise TLSError(AlertDescription.decrypt_error, "client Finished does not verify")
         self._emit(events.ClientCertificateReceived(auth.identity))
         self._peer_auth = None
+        self._post_transcript = None
         return ServerState.CONNECTED
 
     def _handshake_info(self) -> events.HandshakeComplete:
