@@ -266,23 +266,13 @@ class ServerHello(_Ext):
         return cls(random, session_id, suite, extensions, legacy_version, compression, has_block)
 
     def serialize(self) -> bytes:
-        session_id = self.legacy_session_id_echo
-        if len(session_id) > 0xFF:
-            raise ValueError("vector too long for its length prefix")
-        tail = _SERVER_HELLO_TAIL(self.cipher_suite, self.legacy_compression_method)
-        block = (
-            ext.encode_extensions(self.extensions)
-            if self.extensions or self.extensions_block
-            else b""
-        )
-        return _frame(
-            self.msg_type,
-            self.legacy_version.to_bytes(2, "big")
-            + self.random
-            + bytes((len(session_id),))
-            + session_id
-            + tail
-            + block,
+        return encode_server_hello(
+            self.random,
+            self.legacy_session_id_echo,
+            self.cipher_suite,
+            self.extensions if self.extensions or self.extensions_block else None,
+            self.legacy_version,
+            self.legacy_compression_method,
         )
 
     def selected_version(self) -> int | None:
@@ -313,6 +303,30 @@ class ServerHello(_Ext):
 
 
 _SERVER_HELLO_TAIL = struct.Struct(">HB").pack  # cipher_suite, legacy_compression_method
+
+
+def encode_server_hello(
+    random: bytes,
+    session_id: bytes,
+    cipher_suite: int,
+    extensions: Extensions | None,
+    legacy_version: int = LEGACY_VERSION,
+    compression_method: int = 0,
+) -> bytes:
+    """A complete ServerHello (or HelloRetryRequest) message; ``extensions`` None leaves
+    the block out (a pre-TLS-1.3 answer).  The server builds its hello with this directly."""
+    if len(session_id) > 0xFF:
+        raise ValueError("vector too long for its length prefix")
+    block = ext.encode_extensions(extensions) if extensions is not None else b""
+    return _frame(
+        HandshakeType.server_hello,
+        legacy_version.to_bytes(2, "big")
+        + random
+        + bytes((len(session_id),))
+        + session_id
+        + _SERVER_HELLO_TAIL(cipher_suite, compression_method)
+        + block,
+    )
 
 
 def _server_hello_extensions(body: bytes, r: Reader, context: ExtContext) -> Extensions:
@@ -484,13 +498,17 @@ class CertificateVerify:
         return cls(algorithm, signature)
 
     def serialize(self) -> bytes:
-        signature = self.signature
-        if len(signature) > 0xFFFF:
-            raise ValueError("vector too long for its length prefix")
-        return _frame(self.msg_type, _CV_HEAD(self.algorithm, len(signature)) + signature)
+        return encode_certificate_verify(self.algorithm, self.signature)
 
 
 _CV_HEAD = struct.Struct(">HH").pack  # algorithm, signature length
+
+
+def encode_certificate_verify(algorithm: int, signature: bytes) -> bytes:
+    """A complete CertificateVerify message."""
+    if len(signature) > 0xFFFF:
+        raise ValueError("vector too long for its length prefix")
+    return _frame(HandshakeType.certificate_verify, _CV_HEAD(algorithm, len(signature)) + signature)
 
 
 @dataclass(frozen=True)
@@ -536,16 +554,12 @@ class NewSessionTicket(_Ext):
         return cls(lifetime, age_add, nonce, ticket, extensions)
 
     def serialize(self) -> bytes:
-        nonce, ticket = self.ticket_nonce, self.ticket
-        if len(nonce) > 0xFF or len(ticket) > 0xFFFF:
-            raise ValueError("vector too long for its length prefix")
-        return _frame(
-            self.msg_type,
-            _TICKET_HEAD(self.ticket_lifetime, self.ticket_age_add, len(nonce))
-            + nonce
-            + len(ticket).to_bytes(2, "big")
-            + ticket
-            + ext.encode_extensions(self.extensions),
+        return encode_new_session_ticket(
+            self.ticket_lifetime,
+            self.ticket_age_add,
+            self.ticket_nonce,
+            self.ticket,
+            self.extensions,
         )
 
     def max_early_data_size(self) -> int:
@@ -555,6 +569,32 @@ class NewSessionTicket(_Ext):
 
 
 _TICKET_HEAD = struct.Struct(">IIB").pack  # ticket_lifetime, ticket_age_add, nonce length
+
+
+def encode_new_session_ticket(
+    lifetime: int, age_add: int, nonce: bytes, ticket: bytes, extensions: Extensions
+) -> bytes:
+    """A complete NewSessionTicket message."""
+    if len(nonce) > 0xFF or len(ticket) > 0xFFFF:
+        raise ValueError("vector too long for its length prefix")
+    return _frame(
+        HandshakeType.new_session_ticket,
+        _TICKET_HEAD(lifetime, age_add, len(nonce))
+        + nonce
+        + len(ticket).to_bytes(2, "big")
+        + ticket
+        + ext.encode_extensions(extensions),
+    )
+
+
+def encode_encrypted_extensions(extensions: Extensions) -> bytes:
+    """A complete EncryptedExtensions message."""
+    return _frame(HandshakeType.encrypted_extensions, ext.encode_extensions(extensions))
+
+
+def encode_finished(verify_data: bytes) -> bytes:
+    """A complete Finished message."""
+    return _frame(HandshakeType.finished, verify_data)
 
 
 @dataclass(frozen=True)
@@ -662,6 +702,16 @@ class HandshakeReassembler:
 
     def feed(self, payload: bytes) -> list[tuple[int, bytes]]:
         """Add one handshake record payload; return every message it completes."""
+        if not self._buffer and len(payload) >= 4:
+            # The common case: a record holding exactly one whole message, taken as is.
+            msg_type = payload[0]
+            length = (payload[1] << 16) | (payload[2] << 8) | payload[3]
+            if (
+                msg_type in _WIRE_TYPES
+                and length <= self.max_message
+                and len(payload) == 4 + length
+            ):
+                return [(msg_type, bytes(payload))]
         self._buffer += payload
         messages: list[tuple[int, bytes]] = []
         while len(self._buffer) >= 4:

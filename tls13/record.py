@@ -357,6 +357,10 @@ class RecordLayer:
         if content_type == APPLICATION_DATA:
             raise TLSError(AlertDescription.internal_error, "application data without keys")
         header = bytes((content_type,)) + self.plaintext_version.to_bytes(2, "big")
+        if len(payload) <= MAX_PLAINTEXT:
+            # One record (a ServerHello, a CCS): header and content in one chunk.
+            self._queue(header + len(payload).to_bytes(2, "big") + payload)
+            return
         with memoryview(payload) as view:
             for offset in range(0, len(view), MAX_PLAINTEXT):
                 chunk = view[offset : offset + MAX_PLAINTEXT]

@@ -33,7 +33,7 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MethodType
-from typing import cast
+from typing import NamedTuple, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -61,12 +61,15 @@ from .messages import (
     CertificateRequest,
     CertificateVerify,
     ClientHello,
-    EncryptedExtensions,
     EndOfEarlyData,
     Finished,
     HandshakeType,
-    NewSessionTicket,
     ServerHello,
+    encode_certificate_verify,
+    encode_encrypted_extensions,
+    encode_finished,
+    encode_new_session_ticket,
+    encode_server_hello,
     message_hash,
 )
 from .signatures import SCHEMES, certificate_verify_input, check_certificate_fits
@@ -132,9 +135,8 @@ _CCS_STATES = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class _Selection:
-    """What the server chose from one ClientHello."""
+class _Selection(NamedTuple):
+    """What the server chose from one ClientHello (a tuple: made once per handshake)."""
 
     suite: CipherSuite
     group: Group | None  # None: psk_ke resumption, no (EC)DHE at all (RFC 8446 §4.2.9)
@@ -145,11 +147,10 @@ class _Selection:
         return self.group is not None and self.share is None
 
 
-@dataclass(frozen=True)
-class _Resumption:
+class _Resumption(NamedTuple):
     """The ticket a ClientHello resumes (RFC 8446 §4.2.11)."""
 
-    index: int
+    identity_index: int  # which offered PSK (the ServerHello selected_identity)
     state: SessionState
     obfuscated_age: int
     ticket: bytes  # the PSK identity: 0-RTT anti-replay key (§8.1 single use)
@@ -157,8 +158,7 @@ class _Resumption:
     schedule: KeySchedule  # at the Early Secret of this PSK (checked the binder)
 
 
-@dataclass(frozen=True)
-class _RetryCookie:
+class _RetryCookie(NamedTuple):
     """What a verified HelloRetryRequest cookie tells us about ClientHello1."""
 
     suite: int
@@ -667,7 +667,7 @@ class ServerConnection(Connection):
         certificate = self._select_certificate(hello) if resumption is None else None
         self._send_server_hello(hello, selection, resumption)
         self._apply_peer_record_limit(hello)
-        self._send_handshake(self._encrypted_extensions(hello).serialize())
+        self._send_handshake(self._encrypted_extensions(hello))
         if certificate is not None:
             chain, scheme = certificate
             if self._config.client_auth != "none":
@@ -688,20 +688,18 @@ class ServerConnection(Connection):
         extensions: list[tuple[int, bytes]] = []
         if resumption is not None:
             extensions.append(
-                (ExtensionType.pre_shared_key, ext.encode_uint16_body(resumption.index))
+                (ExtensionType.pre_shared_key, ext.encode_uint16_body(resumption.identity_index))
             )
         shared: bytes | None = None  # psk_ke: §7.1 uses a zero (EC)DHE input
         if selection.group is not None:
             share, shared = self._key_exchange(selection)
             extensions.append((ExtensionType.key_share, ext.encode_key_share_sh(share)))
         extensions.append((ExtensionType.supported_versions, ext.encode_uint16_body(TLS13)))
-        server_hello = ServerHello(
-            random=self._config.random(32),
-            legacy_session_id_echo=hello.legacy_session_id,
-            cipher_suite=selection.suite.code,
-            extensions=extensions,
+        self._send_handshake(
+            encode_server_hello(
+                self._config.random(32), hello.legacy_session_id, selection.suite.code, extensions
+            )
         )
-        self._send_handshake(server_hello.serialize())
         self._maybe_send_ccs(hello)  # unprotected, so before the handshake keys
         self._start_handshake_keys(shared)
 
@@ -796,7 +794,7 @@ class ServerConnection(Connection):
         if not hello.early_data() or resumption is None or self._hello_retry:
             return False
         state = resumption.state
-        if resumption.index != 0 or not config.max_early_data or not state.max_early_data:
+        if resumption.identity_index != 0 or not config.max_early_data or not state.max_early_data:
             return False
         assert self._suite is not None
         if state.suite != self._suite.code or state.alpn != self._alpn:
@@ -868,14 +866,14 @@ class ServerConnection(Connection):
                 extensions.append(
                     (ExtensionType.early_data, ext.encode_max_early_data(config.max_early_data))
                 )
-            ticket = NewSessionTicket(
-                ticket_lifetime=config.ticket_lifetime,
-                ticket_age_add=state.age_add,
-                ticket_nonce=nonce,
-                ticket=keyring.seal_state(state, config.random),
-                extensions=extensions,
+            ticket = encode_new_session_ticket(
+                config.ticket_lifetime,
+                state.age_add,
+                nonce,
+                keyring.seal_state(state, config.random),
+                extensions,
             )
-            self._send_handshake(ticket.serialize(), in_transcript=False)
+            self._send_handshake(ticket, in_transcript=False)
             self._emit(events.SessionTicketIssued())
 
     def _client_chain_der(self) -> tuple[bytes, ...]:
@@ -945,7 +943,7 @@ class ServerConnection(Connection):
             self._record.peer_record_limit = min(limit, 16385)
             self._record.read_record_limit = self._config.record_size_limit + 1
 
-    def _encrypted_extensions(self, hello: ClientHello) -> EncryptedExtensions:
+    def _encrypted_extensions(self, hello: ClientHello) -> bytes:
         extensions: list[tuple[int, bytes]] = []
         if self._config.send_supported_groups:
             extensions.append((ExtensionType.supported_groups, self._config.supported_groups_body))
@@ -966,7 +964,7 @@ class ServerConnection(Connection):
         if self._early_accepted:
             # RFC 8446 §4.2.10: an empty early_data in EE tells the client 0-RTT was taken.
             extensions.append((ExtensionType.early_data, b""))
-        return EncryptedExtensions(extensions)
+        return encode_encrypted_extensions(extensions)
 
     def _send_certificate_request(self, context: bytes) -> None:
         """RFC 8446 §4.3.2: our schemes, and our CA names so the client can pick a chain
@@ -1000,7 +998,7 @@ class ServerConnection(Connection):
         assert self._transcript is not None
         signed = certificate_verify_input(SERVER_CV_CONTEXT, self._transcript.digest())
         signature = SCHEMES[scheme].sign(chain.private_key, signed)
-        self._send_handshake(CertificateVerify(scheme, signature).serialize())
+        self._send_handshake(encode_certificate_verify(scheme, signature))
 
     def _send_server_finished(self) -> None:
         assert self._suite is not None and self._transcript is not None
@@ -1008,7 +1006,7 @@ class ServerConnection(Connection):
         verify_data = finished_verify_data(
             self._suite.hash, self._server_hs_secret, self._transcript.digest()
         )
-        self._send_handshake(Finished(verify_data).serialize())
+        self._send_handshake(encode_finished(verify_data))
         schedule = self._key_schedule
         schedule.set_master()
         digest = self._transcript.digest()
