@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MethodType
@@ -103,6 +104,9 @@ _COOKIE_CLOCK_SKEW = 5
 _AGE_TOLERANCE_MS = int(EARLY_DATA_AGE_TOLERANCE * 1000)
 # How much 0-RTT data we skip when we decline it (RFC 8446 §4.2.10) and 0-RTT is off.
 _DEFAULT_EARLY_DATA_SKIP = 16384
+# One OS random draw covers a handshake: 32 (random) + up to 32 (key share: X25519; larger
+# groups draw their own) + 16 per ticket (age_add, nonce).
+_RANDOM_BATCH = 128
 
 
 class ServerState(enum.Enum):
@@ -326,6 +330,7 @@ class ServerConnection(Connection):
         self._post_handshake_auth_offered = False
         self._peer_auth: _PeerAuth | None = None
         self._post_auth_requests = 0
+        self._random_pool = b""  # see _random
         # rfc8446bis Appendix A.1: a client may send alerts about post-ServerHello
         # messages in the clear, so take unprotected alerts until its Finished.
         self._record.accept_plaintext_alerts = True
@@ -350,6 +355,20 @@ class ServerConnection(Connection):
         context = self._post_auth_requests.to_bytes(2, "big") + self._config.random(8)
         self._send_certificate_request(context)
         self._set_state(ServerState.POST_WAIT_CERT)
+
+    def _random(self, n: int) -> bytes:
+        """``config.random(n)``; from the OS CSPRNG (the default) a handshake's random
+        values (server random, key share, ticket age_add and nonces) come from one
+        batched draw instead of a system call each.  An injected source (traces, tests)
+        is called exactly as before, once per value."""
+        source = self._config.random
+        if source is not os.urandom:
+            return source(n)
+        pool = self._random_pool
+        if len(pool) < n:
+            pool = os.urandom(max(n, _RANDOM_BATCH))
+        self._random_pool = pool[n:]
+        return pool[:n]
 
     # ------------------------------------------------------------------ base-class hooks
 
@@ -697,7 +716,7 @@ class ServerConnection(Connection):
         extensions.append((ExtensionType.supported_versions, ext.encode_uint16_body(TLS13)))
         self._send_handshake(
             encode_server_hello(
-                self._config.random(32), hello.legacy_session_id, selection.suite.code, extensions
+                self._random(32), hello.legacy_session_id, selection.suite.code, extensions
             )
         )
         self._maybe_send_ccs(hello)  # unprotected, so before the handshake keys
@@ -710,9 +729,7 @@ class ServerConnection(Connection):
         private = None
         if self._config.key_share_factory is not None:
             private = self._config.key_share_factory(group.code)
-        server_share, shared = group.respond(
-            client_share.key_exchange, self._config.random, private
-        )
+        server_share, shared = group.respond(client_share.key_exchange, self._random, private)
         return KeyShareEntry(group.code, server_share), shared
 
     # ------------------------------------------------------------------ resumption and 0-RTT
@@ -853,7 +870,7 @@ class ServerConnection(Connection):
                 psk=resumption_psk(self._suite.hash, self._resumption_secret, nonce),
                 suite=self._suite.code,
                 created=int(config.clock() * 1000),
-                age_add=int.from_bytes(config.random(4), "big"),
+                age_add=int.from_bytes(self._random(4), "big"),
                 lifetime=config.ticket_lifetime,
                 max_early_data=config.max_early_data,
                 alpn=self._alpn,
@@ -870,7 +887,7 @@ class ServerConnection(Connection):
                 config.ticket_lifetime,
                 state.age_add,
                 nonce,
-                keyring.seal_state(state, config.random),
+                keyring.seal_state(state, self._random),
                 extensions,
             )
             self._send_handshake(ticket, in_transcript=False)
