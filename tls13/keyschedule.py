@@ -80,11 +80,22 @@ def hkdf_expand_label(
     return HKDFExpand(hash, length, info).derive(secret)
 
 
+@functools.lru_cache(maxsize=128)
+def _derive_secret_head(label: bytes, length: int) -> bytes:
+    """HkdfLabel up to the context bytes when the context is a hash of ``length`` bytes."""
+    return _label_head(label, length) + bytes((length,))
+
+
 def derive_secret(
     hash: hashes.HashAlgorithm, secret: bytes, label: bytes, transcript_hash: bytes
 ) -> bytes:
     """Derive-Secret(Secret, Label, Messages) with the transcript hash already computed."""
-    return hkdf_expand_label(hash, secret, label, transcript_hash, hash.digest_size)
+    length = hash.digest_size
+    if len(transcript_hash) != length or type(label) is not bytes:
+        return hkdf_expand_label(hash, secret, label, transcript_hash, length)
+    # The usual case (a Transcript-Hash as context): only the hash is appended per call.
+    info = _derive_secret_head(label, length) + transcript_hash
+    return HKDFExpand(hash, length, info).derive(secret)
 
 
 # --- per-hash constants ----------------------------------------------------------------------
@@ -224,11 +235,11 @@ class KeySchedule:
         return secret
 
     def client_handshake_traffic_secret(self, th: bytes) -> bytes:
-        hs = self._stage(self.handshake_secret, "handshake secret")
+        hs = self.handshake_secret or self._stage(None, "handshake secret")
         return derive_secret(self.hash, hs, b"c hs traffic", th)
 
     def server_handshake_traffic_secret(self, th: bytes) -> bytes:
-        hs = self._stage(self.handshake_secret, "handshake secret")
+        hs = self.handshake_secret or self._stage(None, "handshake secret")
         return derive_secret(self.hash, hs, b"s hs traffic", th)
 
     def set_master(self) -> None:
@@ -238,7 +249,7 @@ class KeySchedule:
         self.master_secret = hkdf_extract(self.hash, derived, bytes(self.hash.digest_size))
 
     def _derive_master(self, label: bytes, th: bytes) -> bytes:
-        ms = self._stage(self.master_secret, "master secret")
+        ms = self.master_secret or self._stage(None, "master secret")
         return derive_secret(self.hash, ms, label, th)
 
     def client_application_traffic_secret(self, th: bytes) -> bytes:

@@ -34,7 +34,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MethodType
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -206,12 +206,12 @@ class _ReceivedHello(ClientHello):
     so every typed accessor is a dict lookup (``decoded`` holds what the accessor of
     each present, recognized extension returns; ``bodies`` the raw bodies by type)."""
 
-    decoded: dict[int, object] = field(default_factory=dict, repr=False, compare=False)
+    decoded: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
     bodies: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def parse(cls, body: bytes) -> _ReceivedHello:
-        decoded: dict[int, object] = {}
+        decoded: dict[int, Any] = {}
         fields = ClientHello.parse_fields(body, decoded)
         return cls(*fields, decoded, dict(fields[3]))
 
@@ -222,34 +222,46 @@ class _ReceivedHello(ClientHello):
         return ext_type in self.bodies
 
     def server_name(self) -> str | None:
-        return cast("str | None", self.decoded.get(_SERVER_NAME))
+        value: str | None = self.decoded.get(_SERVER_NAME)  # typed at parse time
+        return value
 
     def supported_versions(self) -> list[int] | None:
-        return cast("list[int] | None", self.decoded.get(_SUPPORTED_VERSIONS))
+        value: list[int] | None = self.decoded.get(_SUPPORTED_VERSIONS)  # typed at parse time
+        return value
 
     def supported_groups(self) -> list[int] | None:
-        return cast("list[int] | None", self.decoded.get(_SUPPORTED_GROUPS))
+        value: list[int] | None = self.decoded.get(_SUPPORTED_GROUPS)  # typed at parse time
+        return value
 
     def key_shares(self) -> list[KeyShareEntry] | None:
-        return cast("list[KeyShareEntry] | None", self.decoded.get(_KEY_SHARE))
+        value: list[KeyShareEntry] | None = self.decoded.get(_KEY_SHARE)  # typed at parse time
+        return value
 
     def signature_algorithms(self) -> list[int] | None:
-        return cast("list[int] | None", self.decoded.get(_SIGNATURE_ALGORITHMS))
+        value: list[int] | None = self.decoded.get(_SIGNATURE_ALGORITHMS)  # typed at parse time
+        return value
 
     def signature_algorithms_cert(self) -> list[int] | None:
-        return cast("list[int] | None", self.decoded.get(_SIGNATURE_ALGORITHMS_CERT))
+        value: list[int] | None = self.decoded.get(
+            _SIGNATURE_ALGORITHMS_CERT
+        )  # typed at parse time
+        return value
 
     def alpn_protocols(self) -> list[str] | None:
-        return cast("list[str] | None", self.decoded.get(_ALPN))
+        value: list[str] | None = self.decoded.get(_ALPN)  # typed at parse time
+        return value
 
     def cookie(self) -> bytes | None:
-        return cast("bytes | None", self.decoded.get(_COOKIE))
+        value: bytes | None = self.decoded.get(_COOKIE)  # typed at parse time
+        return value
 
     def psk_key_exchange_modes(self) -> list[int] | None:
-        return cast("list[int] | None", self.decoded.get(_PSK_MODES))
+        value: list[int] | None = self.decoded.get(_PSK_MODES)  # typed at parse time
+        return value
 
     def pre_shared_key(self) -> ext.OfferedPsks | None:
-        return cast("ext.OfferedPsks | None", self.decoded.get(_PRE_SHARED_KEY))
+        value: ext.OfferedPsks | None = self.decoded.get(_PRE_SHARED_KEY)  # typed at parse time
+        return value
 
     def early_data(self) -> bool:
         return _EARLY_DATA in self.bodies
@@ -258,10 +270,12 @@ class _ReceivedHello(ClientHello):
         return _POST_HANDSHAKE_AUTH in self.bodies
 
     def record_size_limit(self) -> int | None:
-        return cast("int | None", self.decoded.get(_RECORD_SIZE_LIMIT))
+        value: int | None = self.decoded.get(_RECORD_SIZE_LIMIT)  # typed at parse time
+        return value
 
     def status_request(self) -> ext.StatusRequest | None:
-        return cast("ext.StatusRequest | None", self.decoded.get(_STATUS_REQUEST))
+        value: ext.StatusRequest | None = self.decoded.get(_STATUS_REQUEST)  # typed at parse time
+        return value
 
 
 class ServerConnection(Connection):
