@@ -309,6 +309,7 @@ class ServerConnection(Connection):
         "_post_handshake_auth_offered",
         "_peer_auth",
         "_post_auth_requests",
+        "_random_pool",
     )
 
     def __init__(self, config: ServerConfig) -> None:
