@@ -13,6 +13,7 @@ lines.  Records hold no key material: only names, sizes, counts and outcomes.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import math
@@ -72,7 +73,11 @@ class AccessRecord:
 
     def as_dict(self) -> dict[str, object]:
         """The fields in a stable order (the order of the dataclass)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _ACCESS_FIELDS}
+
+
+# Computed once: dataclasses.fields() rebuilds its tuple on every call (once per line).
+_ACCESS_FIELDS = tuple(f.name for f in fields(AccessRecord))
 
 
 def format_address(address: object) -> str | None:
@@ -117,20 +122,26 @@ def _escape_char(char: str) -> str:
 
 def logfmt_value(value: object) -> str:
     """One logfmt value: bare when that is unambiguous, else a quoted, escaped string."""
-    if isinstance(value, bool):
+    if type(value) is str:  # most values: skip the number checks
+        text = value
+    elif isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
+    elif isinstance(value, int):
         return str(value)
-    if isinstance(value, float):
+    elif isinstance(value, float):
         return f"{value:.6f}" if math.isfinite(value) else f'"{value}"'
-    text = str(value)
+    else:
+        text = str(value)
     if _BARE_VALUE.match(text):
         return text
     return '"' + "".join(_escape_char(c) for c in text) + '"'
 
 
+@functools.lru_cache(maxsize=1024)
 def _logfmt_key(key: str) -> str:
-    # Keys come from our code, but a stray one must not break the line's grammar.
+    """A key safe for the line's grammar. Keys come from our code (so the cache stays small),
+    but a stray one must not break the line; cleaning them char by char on every line was
+    most of the cost of formatting one."""
     cleaned = "".join(c if c.isalnum() or c in "_.-" else "_" for c in key)
     return cleaned or "_"
 
@@ -138,9 +149,11 @@ def _logfmt_key(key: str) -> str:
 def format_logfmt(items: dict[str, object]) -> str:
     """``key=value`` pairs separated by spaces; None values are left out."""
     return " ".join(
-        f"{_logfmt_key(key)}={logfmt_value(value)}"
-        for key, value in items.items()
-        if value is not None
+        [
+            f"{_logfmt_key(key)}={logfmt_value(value)}"
+            for key, value in items.items()
+            if value is not None
+        ]
     )
 
 
@@ -171,8 +184,20 @@ def stream_is_journal(stream: IO[Any] | None) -> bool:
 
 def rfc3339_utc(timestamp: float) -> str:
     """``2026-01-02T03:04:05.678Z``: sortable, unambiguous, millisecond precision."""
-    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    fraction, whole = math.modf(timestamp)
+    seconds, micros = int(whole), round(fraction * 1e6)  # rounded as datetime rounds
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    elif micros < 0:
+        seconds, micros = seconds - 1, micros + 1_000_000
+    return f"{_utc_second(seconds)}{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(seconds: int) -> str:
+    """The ``2026-01-02T03:04:05.`` part, computed once per second rather than per line."""
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def _normalise_format(format: str) -> str:
