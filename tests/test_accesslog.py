@@ -141,6 +141,18 @@ def test_rfc3339() -> None:
     assert rfc3339_utc(0) == "1970-01-01T00:00:00.000Z"
 
 
+@pytest.mark.parametrize(
+    "timestamp", [751155334.8799995, 1767322745.9999996, 1767322745.0005, -0.25, 1e9 + 0.999]
+)
+def test_rfc3339_rounds_like_datetime(timestamp: float) -> None:
+    """The per-second cache must not change a single line: same rounding as datetime."""
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
+    expected = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    assert rfc3339_utc(timestamp) == expected
+
+
 @pytest.fixture
 def journal_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[io.TextIOWrapper]:
     """A stream whose device:inode we advertise in $JOURNAL_STREAM, like systemd does."""
