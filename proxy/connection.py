@@ -715,6 +715,7 @@ async def _pump(
                 if isinstance(item, (Unsent, SendFailed)):
                     receiving = False
                 data = await relay.finish(item, state.chunk)
+                item = None  # a write's rest: not held while the pump parks again
                 if data is None:
                     continue
             else:
@@ -724,6 +725,9 @@ async def _pump(
                 break
             state.moved(len(data), upstream)
             await sink.send_all(data)
+            # Not held while the pump waits for the next one: after a bulk transfer an idle
+            # connection would otherwise keep up to a chunk (64 KiB) per direction.
+            data = None
         await _pass_eof(sink)
     except TLSTruncated as exc:
         state.record.finish("client_truncated", str(exc))
