@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bench_procstat as procstat
 from bench_targets import BENCH_DIR, pinned, raise_nofile_limit
 
 HOST = "127.0.0.1"
@@ -139,12 +140,13 @@ def run_hsload(
     duration: float,
     concurrency: int,
     around: Callable[[], None] | None = None,
+    nice: int | None = None,
 ) -> HsloadResult:
     """Full handshakes (+1 GET each) from one cheap generator process (bench/hsload.py).
 
     ``around`` is called right before the load starts and right after it ends (the
     generator waits for a go line after its set-up), so CPU counters sampled there cover
-    the load only, not the interpreter's start-up.
+    the load only, not the interpreter's start-up.  ``nice`` sets its scheduling priority.
     """
     command = [
         sys.executable,
@@ -163,12 +165,15 @@ def run_hsload(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         preexec_fn=raise_nofile_limit,
+        start_new_session=True,  # a session (autogroup) of its own, as targets have
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         ready = _readline_before(proc, time.monotonic() + 30)
         if ready != "ready":
             raise ValueError(f"hsload did not start: {ready!r}")
+        if nice is not None:
+            procstat.set_nice([proc.pid], nice)
         if around is not None:
             around()
         proc.stdin.write(b"go\n")

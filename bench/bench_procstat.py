@@ -112,3 +112,21 @@ def busy_cores(before: tuple[float, float], after: tuple[float, float]) -> float
     """How many CPUs' worth of work the whole machine did between two ``core_times(None)``
     samples (2.0 = both cores of a 2-CPU machine fully busy)."""
     return core_busy(before, after) * (os.cpu_count() or 1)
+
+
+def set_nice(pids: Iterable[int], nice: int) -> None:
+    """Give ``pids`` (their main threads) the scheduling priority ``nice``, and the same to
+    their autogroups: with kernel.sched_autogroup_enabled the scheduler first shares the
+    CPUs between sessions, so a process's own nice counts only within its session (each
+    target, the backend and the generator run in sessions of their own).  Below 0 needs
+    CAP_SYS_NICE.  A process that exited meanwhile is skipped."""
+    for pid in pids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+        except ProcessLookupError:
+            continue
+        try:
+            with open(f"/proc/{pid}/autogroup", "w") as autogroup:
+                autogroup.write(str(nice))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # no autogroups in this kernel, or the process is gone

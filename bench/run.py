@@ -69,6 +69,8 @@ class Plan:
     target_cpus: str | None = "0"
     load_cpus: str | None = "1"
     only_scaling: bool = False
+    # Priority of target, generator and backend in the scaling section (None: unchanged).
+    scaling_nice: int | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -390,7 +392,11 @@ class TargetBench:
             )
 
         got = loadgen.run_hsload(
-            running.port, self.plan.scaling_duration, self.plan.scaling_concurrency, sample
+            running.port,
+            self.plan.scaling_duration,
+            self.plan.scaling_concurrency,
+            sample,
+            self.plan.scaling_nice,
         )
         if not got.handshakes:
             self.result.fail(metric, f"no handshake completed: {got.failures}")
@@ -463,10 +469,16 @@ def run_scaling(benches: list[TargetBench], plan: Plan, workdir: Path) -> None:
     backend, backend_port = start_backend(workdir, None, "light_backend.py")
     instances: list[tuple[TargetBench, int, Running]] = []
     try:
+        if plan.scaling_nice is not None:
+            procstat.set_nice([backend.pid], plan.scaling_nice)
         for bench in benches:
             for workers in (1, 2):
                 instance = bench.start(workers=workers, cpus=None, backend_port=backend_port)
                 if instance is not None:
+                    if plan.scaling_nice is not None:
+                        procstat.set_nice(
+                            procstat.process_tree(instance.proc.pid), plan.scaling_nice
+                        )
                     try:  # warm-up: imports, caches, every worker's first handshakes
                         loadgen.run_hsload(instance.port, 0.5, 4 * workers)
                     except ValueError as error:
@@ -516,6 +528,14 @@ def build_plan(args: argparse.Namespace) -> Plan:
     plan.only_scaling = args.only == "scaling"
     if args.scaling_rounds is not None:
         plan.scaling_rounds = args.scaling_rounds
+    if args.scaling_concurrency is not None:
+        plan.scaling_concurrency = args.scaling_concurrency
+    if args.scaling_nice is not None:
+        plan.scaling_nice = args.scaling_nice
+        plan.notes.append(
+            f"scaling section at nice {args.scaling_nice} (target, generator and backend): "
+            "other work on the machine yields to it"
+        )
     if args.hold is not None:
         plan.hold_levels = tuple(int(n) for n in args.hold.split(",") if n)
     if (os.cpu_count() or 1) < 2 or args.no_pin:
@@ -619,6 +639,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run one section alone: scaling = 1 vs 2 workers under bench/hsload.py (~1 min)",
     )
     parser.add_argument("--scaling-rounds", type=int, help="rounds of the scaling section")
+    parser.add_argument(
+        "--scaling-concurrency", type=int, help="hsload connections in flight (default 32)"
+    )
+    parser.add_argument(
+        "--scaling-nice",
+        type=int,
+        metavar="N",
+        help="run target, generator and backend of the scaling section at nice N (e.g. -10, "
+        "needs root) so that other work on a shared machine yields to them",
+    )
     parser.add_argument("--hold", help="held-connection levels, e.g. 1000,10000")
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
     parser.add_argument(
