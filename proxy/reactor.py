@@ -50,6 +50,9 @@ _EVENTS = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLRDHUP", 0)
 _EVENTS |= getattr(select, "EPOLLET", 0)
 _ENDED = getattr(select, "EPOLLRDHUP", 0) | getattr(select, "EPOLLHUP", 0)
 _ENDED |= getattr(select, "EPOLLERR", 0)
+# Events taken per dispatcher round: the rest stay in the kernel's ready list for the next
+# round, so a burst on thousands of connections still lets other tasks run in between.
+MAX_EVENTS = 256
 _REACTOR: trio.lowlevel.RunVar[Reactor | None] = trio.lowlevel.RunVar("tls13proxy_reactor")
 
 
@@ -190,7 +193,7 @@ class Reactor:
                         relay.on_readable(0)
                 else:
                     await trio.lowlevel.wait_readable(epoll.fileno())
-                for fd, flags in epoll.poll(0, max(1, len(relays))):
+                for fd, flags in epoll.poll(0, MAX_EVENTS):
                     ready = relays.get(fd)
                     if ready is not None:
                         ready.on_readable(flags)
