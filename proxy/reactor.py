@@ -34,7 +34,7 @@ from proxy.tlsstream import (
     TICKET_HOLD,
     FastSocketStream,
     TLSStream,
-    _stream_error,
+    stream_error,
 )
 from tls13.alerts import TLSError
 from tls13.events import ApplicationData
@@ -181,8 +181,8 @@ class Reactor:
         self._again.append(relay)
 
     async def run(self) -> None:
-        """Dispatch readiness until the run ends. Each round steps every ready relay once,
-        so one round's work is bounded by one chunk per connection."""
+        """Dispatch readiness until the run ends. A round steps each ready relay once (at
+        most MAX_EVENTS of them), so its work is bounded by one chunk per relay stepped."""
         epoll, relays = self._epoll, self._relays
         try:
             while True:
@@ -275,7 +275,7 @@ class UpstreamRelay(Relay):
     ) -> None:
         super().__init__(client_raw.fileno(), reactor)
         self.client, self.client_raw = client, client_raw
-        self.backend, self.backend_raw = backend, backend._raw
+        self.backend, self.backend_raw = backend, backend.raw_socket
         self.progress = progress
 
     def usable(self) -> bool:
@@ -318,7 +318,7 @@ class UpstreamRelay(Relay):
             return
         out = client.connection.data_to_send()
         if out:  # the engine owes the client something: it goes before our next write
-            client._held += out
+            client.hold(out)
         if plain:
             client.bytes_received += len(plain)
             self.progress.moved(len(plain), True)
@@ -336,7 +336,7 @@ class UpstreamRelay(Relay):
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self.hand_over(SendFailed(_stream_error(exc)))
+            self.hand_over(SendFailed(stream_error(exc)))
             return False
         if sent < len(plain):
             self.hand_over(Unsent(memoryview(plain)[sent:]))
@@ -370,8 +370,8 @@ class DownstreamRelay(Relay):
         progress: Progress,
         chunk: int,
     ) -> None:
-        super().__init__(backend._raw.fileno(), reactor)
-        self.backend, self.backend_raw = backend, backend._raw
+        super().__init__(backend.raw_socket.fileno(), reactor)
+        self.backend, self.backend_raw = backend, backend.raw_socket
         self.client = client
         self.progress = progress
         self.chunk = chunk
@@ -385,7 +385,7 @@ class DownstreamRelay(Relay):
         except BlockingIOError:
             return
         except OSError as exc:
-            raise _stream_error(exc) from exc
+            raise stream_error(exc) from exc
         client = self.client
         if not data or not client.send_ready():
             self.hand_over(data)  # the end, or a write the stream must queue: the task's job
@@ -394,7 +394,7 @@ class DownstreamRelay(Relay):
         try:
             rest = client.send_now(data)
         except OSError as exc:
-            self.hand_over(SendFailed(_stream_error(exc)))
+            self.hand_over(SendFailed(stream_error(exc)))
             return
         if rest is not None:
             self.hand_over(Unsent(rest))

@@ -59,7 +59,7 @@ IDLE_SWEEP = 1.0
 _CLOSED_ERRNOS = frozenset((errno.EBADF, errno.ENOTSOCK))
 
 
-def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+def stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
     """trio.SocketStream's mapping: a closed descriptor is ours to blame, the rest is broken."""
     if exc.errno in _CLOSED_ERRNOS:
         return trio.ClosedResourceError("this socket was already closed")
@@ -99,6 +99,11 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         if not isinstance(raw, stdlib_socket.socket):
             return trio.SocketStream(sock)
         return cls(sock, raw, drained)
+
+    @property
+    def raw_socket(self) -> stdlib_socket.socket:
+        """The standard-library socket (proxy.reactor reads and writes it directly)."""
+        return self._raw
 
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         self.socket.setsockopt(level, option, value)
@@ -150,7 +155,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                         raise trio.ClosedResourceError("this socket was already closed") from None
                     await trio.lowlevel.wait_writable(raw)
                 except OSError as exc:
-                    raise _stream_error(exc) from exc
+                    raise stream_error(exc) from exc
         return blocked
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -169,7 +174,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         try:
             self.socket.shutdown(stdlib_socket.SHUT_WR)
         except OSError as exc:
-            raise _stream_error(exc) from exc
+            raise stream_error(exc) from exc
         await self._after_immediate()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -189,7 +194,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             self._streak = 0
             return await self._receive_blocking(max_bytes)
         except OSError as exc:
-            raise _stream_error(exc) from exc
+            raise stream_error(exc) from exc
         self._drained = len(data) < max_bytes
         await self._after_immediate()
         return data
@@ -205,7 +210,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             except BlockingIOError:
                 continue
             except OSError as exc:
-                raise _stream_error(exc) from exc
+                raise stream_error(exc) from exc
             self._drained = len(data) < max_bytes
             return data
 
@@ -472,7 +477,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving")
         if isinstance(wire, OSError):
-            error = _stream_error(wire)
+            error = stream_error(wire)
             if isinstance(error, trio.BrokenResourceError):
                 self._eof, self.clean_close = True, False
                 raise TLSTruncated(f"transport failed: {error}") from wire
@@ -496,6 +501,11 @@ class TLSStream(trio.abc.HalfCloseableStream):
     def receive_ready(self) -> bool:
         """Nothing buffered, not ended: the relay may read the socket itself."""
         return not (self._incoming or self._eof or self._closed or self._receiving)
+
+    def hold(self, out: bytes) -> None:
+        """Bytes the engine owes the client (drained by a relay): they go out first with our
+        next write, so nothing drained later can overtake them."""
+        self._held += out
 
     @property
     def holding(self) -> bool:

@@ -192,7 +192,7 @@ def test_a_busy_connection_does_not_starve_another(test_ca: Issued) -> None:
     async def main() -> None:
         with trio.fail_after(60):
             async with spliced(test_ca) as bulk, spliced(test_ca) as chatty:
-                source, drain = bulk.backend._raw.fileno(), bulk.client._raw.fileno()
+                source, drain = bulk.backend.raw_socket.fileno(), bulk.client.raw_socket.fileno()
                 command = [sys.executable, "-c", _FLOOD, str(source), str(drain)]
                 flood = subprocess.Popen(command, pass_fds=(source, drain))
                 try:
@@ -207,8 +207,8 @@ def test_a_busy_connection_does_not_starve_another(test_ca: Issued) -> None:
                     flood.kill()
                     flood.wait()
                 assert bulk.record.bytes_to_client > 1 << 20
-                bulk.client._raw.setblocking(False)  # shared with the child, which changed it
-                bulk.backend._raw.setblocking(False)
+                bulk.client.raw_socket.setblocking(False)  # shared with the child, which changed it
+                bulk.backend.raw_socket.setblocking(False)
 
     trio.run(main)
 
