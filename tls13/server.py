@@ -1121,6 +1121,7 @@ class ServerConnection(Connection):
         self._client_hs_secret = self._server_hs_secret = b""
         self._client_app_secret = self._resumption_secret = b""
         self._resumption = None
+        self._random_pool = b""
         self._peer_auth = None  # its certificates are in the HandshakeComplete event
         if not (self._post_handshake_auth_offered and self._config.client_ca):
             self._transcript = None
