@@ -85,6 +85,9 @@ def header(plan: Plan, notes: dict[str, str], command: str, elapsed: float) -> l
     plan_line = (
         "Plan: the scaling section alone (--only scaling)."
         if plan.only_scaling
+        else "Plan: the memory section alone (--only memory), held connections "
+        f"{', '.join(str(n) for n in plan.hold_levels)}."
+        if plan.only_memory
         else f"Plan: {plan.rounds} rounds × {plan.duration} s per load run; s_time × "
         f"{plan.s_time_processes} processes; wrk 1 thread × {plan.wrk_connections} "
         f"connections; bulk {plan.bulk_bytes // (1 << 20)} MiB; held connections "
@@ -359,10 +362,13 @@ def render_markdown(
 ) -> str:
     lines = header(plan, notes, command, elapsed)
     lines += targets_table(results)
-    if not plan.only_scaling:
+    if plan.only_memory:
+        lines += memory_table(results)
+    elif not plan.only_scaling:
         lines += metrics_table(results)
         lines += ratio_table(results)
         lines += memory_table(results)
-    lines += scaling_table(results, plan, os.cpu_count() or 1)
+    if not plan.only_memory:
+        lines += scaling_table(results, plan, os.cpu_count() or 1)
     lines += failures_section(results)
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
     python3 bench/run.py [--rounds N] [--duration S] [--targets ours,sslproxy,hitch] [--quick]
     python3 bench/run.py --only scaling     # the 1 → 2 worker section alone (~1 min)
+    python3 bench/run.py --only memory --targets ours --hold 1000,10000   # memory alone
 
 Every target sits in front of the same plain HTTP/1.1 backend (bench/backend.py) with the
 same ECDSA P-256 certificate, TLS 1.3 only.  For each target the harness measures, over
@@ -69,6 +70,7 @@ class Plan:
     target_cpus: str | None = "0"
     load_cpus: str | None = "1"
     only_scaling: bool = False
+    only_memory: bool = False
     # Priority of target, generator and backend in the scaling section (None: unchanged).
     scaling_nice: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -444,7 +446,8 @@ def run_benches(benches: list[TargetBench], plan: Plan, workdir: Path) -> None:
                 running[bench.target.name] = instance
                 bench.guarded("probe", bench.probe, instance)
         active = [bench for bench in benches if bench.target.name in running]
-        for number in range(1, plan.rounds + 1):
+        rounds = 0 if plan.only_memory else plan.rounds  # memory alone: no load rounds
+        for number in range(1, rounds + 1):
             log(f"round {number}/{plan.rounds}")
             for metric, _ in active[0].steps() if active else []:
                 for bench in active:
@@ -456,7 +459,8 @@ def run_benches(benches: list[TargetBench], plan: Plan, workdir: Path) -> None:
     finally:
         for instance in running.values():
             stop(instance)
-    run_scaling([bench for bench in benches if not bench.result.error], plan, workdir)
+    if not plan.only_memory:
+        run_scaling([bench for bench in benches if not bench.result.error], plan, workdir)
 
 
 def run_scaling(benches: list[TargetBench], plan: Plan, workdir: Path) -> None:
@@ -526,6 +530,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
     if args.duration is not None:
         plan.duration = args.duration
     plan.only_scaling = args.only == "scaling"
+    plan.only_memory = args.only == "memory"
     if args.scaling_rounds is not None:
         plan.scaling_rounds = args.scaling_rounds
     if args.scaling_concurrency is not None:
@@ -635,8 +640,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short run (< 2 minutes)")
     parser.add_argument(
         "--only",
-        choices=["scaling"],
-        help="run one section alone: scaling = 1 vs 2 workers under bench/hsload.py (~1 min)",
+        choices=["scaling", "memory"],
+        help="run one section alone: scaling = 1 vs 2 workers under bench/hsload.py (~1 min); "
+        "memory = RSS per idle held connection (--hold levels)",
     )
     parser.add_argument("--scaling-rounds", type=int, help="rounds of the scaling section")
     parser.add_argument(

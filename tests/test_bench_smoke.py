@@ -109,3 +109,18 @@ def test_quick_run_against_the_ssl_reference(tmp_path: Path) -> None:
     markdown = done.stdout.decode()
     for section in ("## Throughput and CPU per unit", "## Memory per idle", "## Scaling"):
         assert section in markdown
+
+
+def test_memory_section_alone(tmp_path: Path) -> None:
+    argv = [sys.executable, str(BENCH / "run.py"), "--only", "memory", "--targets", "sslproxy"]
+    argv += ["--hold", "20", "--out-dir", str(tmp_path)]
+    done = subprocess.run(argv, capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    (report_file,) = tmp_path.glob("run-*.json")
+    (result,) = json.loads(report_file.read_text())["results"]
+    assert result["error"] is None, result["error"]
+    assert [row["established"] for row in result["memory"]] == [20]
+    assert not result["metrics"] and not result["scaling"]  # no load rounds, no scaling
+    markdown = done.stdout.decode()
+    assert "## Memory per idle" in markdown
+    assert "## Throughput" not in markdown and "## Scaling" not in markdown
