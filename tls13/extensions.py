@@ -289,16 +289,32 @@ def decode_server_name(body: bytes) -> str | None:
     reaction. Clients such as wrk do send them and OpenSSL/nginx ignore them, so an IP
     literal counts as no server_name at all (default certificate and route).
     """
-    r = Reader(body)
-    names = r.sub(2, 1)
-    r.expect_end("server_name")
-    name_type = names.uint8()
-    if name_type != _HOST_NAME:
+    # ServerNameList: uint16 length, then one entry: NameType (1 byte), HostName<1..2^16-1>.
+    size = len(body)
+    if size < 2:
+        raise decode_error("truncated")
+    list_end = 2 + ((body[0] << 8) | body[1])
+    if list_end == 2:
+        raise decode_error("vector length 0 outside [1, None]")
+    if list_end > size:
+        raise decode_error("truncated")
+    if list_end < size:
+        raise decode_error(f"{size - list_end} trailing bytes after server_name")
+    if body[2] != _HOST_NAME:
         # Like OpenSSL we accept host_name only: RFC 6066 left other types unusable.
-        raise decode_error(f"server_name type {name_type} is not host_name")
-    host = names.vector(2, 1)
-    names.expect_end("server_name list (one host_name only)")
-    return _host_name(host)
+        raise decode_error(f"server_name type {body[2]} is not host_name")
+    if list_end < 5:
+        raise decode_error("truncated")
+    host_end = 5 + ((body[3] << 8) | body[4])
+    if host_end == 5:
+        raise decode_error("vector length 0 outside [1, None]")
+    if host_end > list_end:
+        raise decode_error("truncated")
+    if host_end < list_end:
+        raise decode_error(
+            f"{list_end - host_end} trailing bytes after server_name list (one host_name only)"
+        )
+    return _host_name(bytes(body[5:host_end]))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -408,18 +424,33 @@ def _read_key_share_entry(r: Reader) -> KeyShareEntry:
 
 
 def decode_key_share_ch(body: bytes) -> list[KeyShareEntry]:
-    r = Reader(body)
-    shares = r.sub(2)
-    r.expect_end("key_share")
+    # KeyShareEntry client_shares<0..2^16-1>: group (2 bytes), key_exchange<1..2^16-1>.
+    size = len(body)
+    if size < 2:
+        raise decode_error("truncated")
+    end = 2 + ((body[0] << 8) | body[1])
+    if end > size:
+        raise decode_error("truncated")
+    if end < size:
+        raise decode_error(f"{size - end} trailing bytes after key_share")
     entries: list[KeyShareEntry] = []
     groups: set[int] = set()
-    while not shares.at_end():
-        entry = _read_key_share_entry(shares)
+    pos = 2
+    while pos < end:
+        if pos + 4 > end:
+            raise decode_error("truncated")
+        group = (body[pos] << 8) | body[pos + 1]
+        share_end = pos + 4 + ((body[pos + 2] << 8) | body[pos + 3])
+        if share_end == pos + 4:
+            raise decode_error("vector length 0 outside [1, None]")
+        if share_end > end:
+            raise decode_error("truncated")
         # §4.2.8: clients MUST NOT offer two shares for one group.
-        if entry.group in groups:
+        if group in groups:
             raise illegal_parameter("duplicate key_share group")
-        groups.add(entry.group)
-        entries.append(entry)
+        groups.add(group)
+        entries.append(KeyShareEntry(group, bytes(body[pos + 4 : share_end])))
+        pos = share_end
     return entries
 
 
