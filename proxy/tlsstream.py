@@ -416,7 +416,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._incoming_size -= max_bytes
         return b"".join(parts)
 
-    async def _receive_wire(self) -> bytes:
+    async def _receive_wire(self) -> bytes | bytearray:
         """Read the transport. While tickets are held, wait for the client at most
         TICKET_HOLD before sending them: a client that waits for us (a ticket probe, a
         protocol where the server speaks first) gets them without our next write."""
@@ -437,7 +437,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         await self._absorb(data)
 
     async def _absorb(
-        self, data: bytes, outcome: list[events.Event] | TLSError | None = None
+        self, data: bytes | bytearray, outcome: list[events.Event] | TLSError | None = None
     ) -> None:
         """Feed ``data`` read from the transport to the engine and act on what happened.
         ``outcome``: the engine already took ``data`` (the relay's fast path) and returned
