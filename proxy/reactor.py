@@ -68,7 +68,9 @@ class Relay:
     def __init__(self, fd: int, reactor: Reactor) -> None:
         self.fd = fd
         self.reactor = reactor
-        self.ready = True  # unknown at first: probe before parking
+        # Readiness the task must probe for before parking. False at first: registering a
+        # socket that is readable already queues an event for it.
+        self.ready = False
         # The peer shut down or the socket failed: a short read no longer means the socket
         # is empty (the end is still to be read, and no further edge will announce it).
         self.ended = False
