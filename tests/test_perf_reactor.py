@@ -23,6 +23,7 @@ from tls13 import (
     ClientConnection,
     ServerConfig,
     ServerConnection,
+    TicketKeyring,
     events,
 )
 
@@ -37,6 +38,7 @@ class Spliced:
     record: ConnectionRecord
     received: bytearray  # plaintext the client has decrypted
     closed: list[bool]  # the client saw close_notify
+    tickets: int = 0  # NewSessionTickets the client received
 
     async def send(self, data: bytes) -> None:
         self.tls.send_data(data)
@@ -45,18 +47,24 @@ class Spliced:
     async def receive(self, size: int) -> bytes:
         """Read until ``size`` plaintext bytes arrived (or the stream closed)."""
         while len(self.received) < size and not self.closed:
-            wire = await self.client.receive_some(65536)
-            for event in self.tls.receive_data(wire):
-                if isinstance(event, events.ApplicationData):
-                    self.received += event.data
-                elif isinstance(event, events.ConnectionClosed):
-                    self.closed.append(event.clean)
-            out = self.tls.data_to_send()
-            if out:
-                await self.client.send_all(out)
+            await self.read_once()
         data = bytes(self.received[:size])
         del self.received[:size]
         return data
+
+    async def read_once(self) -> None:
+        """One read of the client socket, fed to the client engine."""
+        wire = await self.client.receive_some(65536)
+        for event in self.tls.receive_data(wire):
+            if isinstance(event, events.ApplicationData):
+                self.received += event.data
+            elif isinstance(event, events.ConnectionClosed):
+                self.closed.append(event.clean)
+            elif isinstance(event, events.NewSessionTicketReceived):
+                self.tickets += 1
+        out = self.tls.data_to_send()
+        if out:
+            await self.client.send_all(out)
 
 
 async def _tcp_pair() -> tuple[FastSocketStream, FastSocketStream]:
@@ -78,7 +86,10 @@ async def spliced(test_ca: Issued, idle: float = 30.0) -> AsyncIterator[Spliced]
     chain = CertificateChain.from_pem(leaf.cert_pem(), leaf.key_pem())
     client_side, server_side = await _tcp_pair()
     proxy_end, backend = await _tcp_pair()
-    server = TLSStream(server_side, ServerConnection(ServerConfig(CertificateStore([chain]))))
+    config = ServerConfig(
+        CertificateStore([chain]), tickets=2, ticket_keys=TicketKeyring.generate()
+    )
+    server = TLSStream(server_side, ServerConnection(config))
     tls = ClientConnection(ClientConfig(ca_certificates=(test_ca.cert,)), "localhost")
     tls.start()
     record = ConnectionRecord("test", "127.0.0.1", 0, "127.0.0.1", 0)
@@ -137,6 +148,25 @@ def test_key_update_is_answered_and_data_keeps_its_order(test_ca: Issued) -> Non
                 await link.client.send_eof()  # a truncation: no close_notify
                 await trio.sleep(0.05)
         assert link.record.outcome == "client_truncated"
+
+    trio.run(main)
+
+
+def test_held_tickets_leave_while_the_client_talks_to_a_silent_backend(test_ca: Issued) -> None:
+    """Tickets wait for our first write, but not forever: with the relay forwarding the
+    client's data and no response coming, they still go out after TICKET_HOLD."""
+
+    async def main() -> None:
+        with trio.fail_after(30):
+            async with spliced(test_ca) as link:
+                for n in range(3):
+                    await link.send(b"upload %d" % n)
+                    assert await _exactly(link.backend, 8) == b"upload %d" % n
+                while link.tickets < 2:  # no response comes; the tickets do
+                    await link.read_once()
+                assert not link.received
+                await link.backend.send_all(b"done")
+                assert await link.receive(4) == b"done"
 
     trio.run(main)
 
