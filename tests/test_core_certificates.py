@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from tls13.alerts import AlertDescription, TLSError
 from tls13.certificates import CertificateChain, CertificateError, CertificateStore, verify_chain
+from tls13.messages import Certificate, HandshakeType
 from tls13.signatures import (
     BY_NAME,
     HANDSHAKE_SCHEMES,
@@ -249,6 +250,49 @@ def test_select_prefers_chains_the_client_can_validate(ca: Issued) -> None:
     assert store.select("both.test", [ECDSA_P256], [ECDSA_P256])[0] is ecdsa_ca_chain
     # No chain satisfies signature_algorithms_cert: still answer (§4.4.2.2).
     assert store.select("both.test", [ECDSA_P256], [ED25519])[0] is ecdsa_ca_chain
+
+
+def test_repeated_selection_answers_alike_and_failures_are_not_remembered(
+    store_chains: dict[str, CertificateChain],
+) -> None:
+    c = store_chains
+    store = CertificateStore(list(c.values()), default=c["default"])
+    offers: list[tuple[str | None, list[int]]] = [
+        ("www.example.com", [RSAE_256]),
+        ("www.example.com", [RSAE_256, ECDSA_P384]),
+        ("api.example.com", list(HANDSHAKE_SCHEMES)),
+        (None, [ED25519]),
+    ]
+    first = [store.select(name, schemes) for name, schemes in offers]
+    assert [store.select(name, schemes) for name, schemes in offers] == first
+    assert first[0] == (c["exact_rsa"], RSAE_256) and first[1][1] == ECDSA_P384
+    for _ in range(2):  # a refused offer is refused again, not answered from a cache
+        assert _alert(store.select, "www.example.com", [0x0401]) == (
+            AlertDescription.handshake_failure
+        )
+    # Many different names (SNI is the client's choice) never grow the cache without bound.
+    for index in range(3000):
+        assert store.select(f"n{index}.test", [ECDSA_P256])[0] is c["default"]
+    assert len(store._selected) <= 1024  # the bound of the private answer cache
+    assert store.select("www.example.com", [RSAE_256]) == first[0]
+
+
+def test_certificate_message_per_staple(ca: Issued) -> None:
+    leaf, intermediate = make_leaf(ca, ("msg.test",)), make_ca("msg intermediate")
+    chain = _chain(leaf, intermediate)
+    plain = chain.certificate_message(None)
+    stapled = chain.certificate_message(b"ocsp-response")
+    assert chain.certificate_message(None) is plain  # encoded once, then reused
+    parsed = Certificate.parse(plain[4:])
+    assert plain[0] == HandshakeType.certificate and parsed.certificate_request_context == b""
+    assert [e.cert_data for e in parsed.certificate_list] == list(chain.der_chain)
+    assert all(not e.extensions for e in parsed.certificate_list)
+    entries = Certificate.parse(stapled[4:]).certificate_list
+    # RFC 8446 §4.4.2.1: the staple rides in the leaf's entry only.
+    assert entries[0].ocsp_response() == b"ocsp-response" and not entries[1].extensions
+    other = chain.certificate_message(b"a newer response")
+    assert Certificate.parse(other[4:]).certificate_list[0].ocsp_response() == b"a newer response"
+    assert chain.certificate_message(None) == plain
 
 
 # --- verification ----------------------------------------------------------------------------

@@ -30,12 +30,14 @@ from tls13.messages import (
     Certificate,
     ClientHello,
     EncryptedExtensions,
+    HandshakeReassembler,
     KeyUpdate,
     NewSessionTicket,
 )
 from tls13.record import RecordLayer
 from tls13.server import ServerConnection
 from tls13.suites import SUITES
+from tls13.tickets import TicketKeyring
 
 X25519 = GROUPS["x25519"]
 P256 = GROUPS["secp256r1"]
@@ -94,6 +96,55 @@ def alert_record_sent(conn: ServerConnection, alert: AlertDescription) -> None:
 
 
 # ----------------------------------------------------------------------------- full handshakes
+
+
+def test_injected_random_is_asked_once_per_value(make_config: Callable[..., ServerConfig]) -> None:
+    sizes: list[int] = []
+
+    def recording(n: int) -> bytes:
+        sizes.append(n)
+        return os.urandom(n)
+
+    config = make_config(random=recording, ticket_keys=TicketKeyring.generate(), tickets=2)
+    sizes.clear()  # the config drew its cookie_secret
+    handshake(ServerConnection(config), MiniClient(psk_modes=(ext.PSK_DHE_KE,)))
+    # X25519 share, server random, then age_add and nonce per ticket: as a trace scripts them.
+    assert sizes == [32, 32, 4, 12, 4, 12]
+
+
+def test_os_random_is_drawn_once_per_handshake(
+    make_config: Callable[..., ServerConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    draws: list[int] = []
+    real = os.urandom
+
+    def counting(n: int) -> bytes:
+        draws.append(n)
+        return real(n)
+
+    monkeypatch.setattr(os, "urandom", counting)
+    config = make_config(random=os.urandom, ticket_keys=TicketKeyring.generate(), tickets=2)
+    randoms = set()
+    for _ in range(2):
+        client = MiniClient(psk_modes=(ext.PSK_DHE_KE,))
+        conn = ServerConnection(config)
+        hello = client.hello_record()
+        draws.clear()  # the client's own
+        conn.receive_data(hello)
+        flight = conn.data_to_send()
+        randoms.add(flight[11:43])  # record header, handshake header, legacy_version: random
+        conn.receive_data(client.handle_server_hello(flight))
+        assert conn.handshake_complete
+        assert draws == [128]  # 32 + 32 + 2 x (4 + 12) bytes fit one batch
+        reassembler = HandshakeReassembler(1 << 16)
+        tickets = [
+            NewSessionTicket.parse(message[4:])
+            for _, payload in client.read_records(conn.data_to_send())
+            for _, message in reassembler.feed(payload)
+        ]
+        assert len(tickets) == 2 and tickets[0].ticket != tickets[1].ticket
+        assert len({tickets[0].ticket_age_add, tickets[1].ticket_age_add}) == 2
+    assert len(randoms) == 2
 
 
 def test_full_handshake_and_application_data(server: ServerConnection) -> None:
