@@ -575,14 +575,36 @@ class OfferedPsks:
 
 
 def decode_offered_psks(body: bytes) -> OfferedPsks:
-    r = Reader(body)
-    ids = r.sub(2, 7)
+    # identities<7..2^16-1> of (identity<1..2^16-1>, uint32 age), binders<33..2^16-1> of
+    # PskBinderEntry<32..255>; read by index (a resuming ClientHello's hot path).
+    size = len(body)
+    if size < 2:
+        raise decode_error("truncated")
+    ids_len = (body[0] << 8) | body[1]
+    if ids_len < 7:
+        raise decode_error(f"vector length {ids_len} outside [7, None]")
+    ids_end = 2 + ids_len
+    if ids_end > size:
+        raise decode_error("truncated")
     identities = []
-    while not ids.at_end():
-        identity = ids.vector(2, 1)
-        identities.append(PskIdentity(identity, ids.uint32()))
-    binders_reader = r.sub(2, 33)
-    r.expect_end("pre_shared_key")
+    pos = 2
+    while pos < ids_end:
+        if pos + 2 > ids_end:
+            raise decode_error("truncated")
+        identity_end = pos + 2 + ((body[pos] << 8) | body[pos + 1])
+        if identity_end == pos + 2:
+            raise decode_error("vector length 0 outside [1, None]")
+        if identity_end + 4 > ids_end:
+            raise decode_error("truncated")
+        age = int.from_bytes(body[identity_end : identity_end + 4], "big")
+        identities.append(PskIdentity(bytes(body[pos + 2 : identity_end]), age))
+        pos = identity_end + 4
+    binders_reader = Reader(body, ids_end).sub(2, 33)
+    if binders_reader.position + binders_reader.remaining != size:
+        raise decode_error(
+            f"{size - binders_reader.position - binders_reader.remaining} trailing bytes "
+            "after pre_shared_key"
+        )
     binders = []
     while not binders_reader.at_end():
         binders.append(binders_reader.vector(1, 32))
