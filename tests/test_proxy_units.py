@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,12 @@ import trio.testing
 from cryptography import x509
 
 from proxy import selfsigned
-from proxy.backends import BackendPool, NoHealthyBackend, PoolOptions
+from proxy.backends import BackendPool, BackendUnavailable, NoHealthyBackend, PoolOptions
 from proxy.demo import HTTPError, parse_head, render_page, serve_demo
 from proxy.health import HealthChecker, HealthCheckOptions, _status_ok, check_server
 from proxy.routing import Route, RouteTable
 from proxy.settings import BackendAddress
+from proxy.tlsstream import connect_tcp
 
 # -- routing ------------------------------------------------------------------------------
 
@@ -195,6 +197,76 @@ def test_no_healthy_backend_fails_fast() -> None:
                 await pool.connect()
 
     trio.run(attempt)
+
+
+def _closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _fill_backlog(listener: socket.socket) -> list[socket.socket]:
+    """Make ``listener`` a server that never answers: listen(0) and never accept, then fill
+    its accept queue, so the kernel drops every later SYN (the client retransmits, waiting)."""
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    held = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(listener.getsockname())
+        held.append(filler)
+    return held
+
+
+def test_connect_tcp_connects_refuses_and_times_out() -> None:
+    """The backend connect: a connect the kernel finished inline is usable at once, a refusal
+    is the errno's OSError, and a SYN nobody answers ends in TooSlowError at the timeout."""
+
+    async def main() -> None:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(8)
+            stream = await connect_tcp(socket.AF_INET, server.getsockname(), 5.0)
+            peer, _ = server.accept()
+            with peer:
+                await stream.send_all(b"ping")
+                assert peer.recv(4) == b"ping"
+            await stream.aclose()
+        with pytest.raises(ConnectionRefusedError):
+            await connect_tcp(socket.AF_INET, ("127.0.0.1", _closed_port()), 5.0)
+        with socket.socket() as full:
+            held = _fill_backlog(full)
+            started = trio.current_time()
+            with pytest.raises(trio.TooSlowError):
+                await connect_tcp(socket.AF_INET, full.getsockname(), 0.3)
+            assert trio.current_time() - started >= 0.3
+            for sock in held:
+                sock.close()
+
+    trio.run(main)
+
+
+def test_pool_counts_a_connect_timeout_as_a_failure() -> None:
+    """A timed-out attempt moves to the next server and is reported as a connect timeout."""
+
+    async def main() -> None:
+        with socket.socket() as full:
+            held = _fill_backlog(full)
+            port = full.getsockname()[1]
+            pool = BackendPool(
+                "slow",
+                [BackendAddress("tcp", "127.0.0.1", port)],
+                PoolOptions(connect_timeout=0.2, retries=0, max_fails=0),
+            )
+            with pytest.raises(BackendUnavailable, match="connect timeout"):
+                await pool.connect()
+            assert pool.servers[0].active == 0
+            for sock in held:
+                sock.close()
+
+    trio.run(main)
 
 
 def test_demo_serves_keep_alive_head_and_close_over_a_stream() -> None:
