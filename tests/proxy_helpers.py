@@ -439,6 +439,7 @@ def config_text(
     tls: str = 'alpn = ["http/1.1"]',
     limits: str = "",
     handshake_timeout: float = 1.0,
+    drain_timeout: float = 3.0,
 ) -> str:
     return f"""
 [global]
@@ -452,7 +453,7 @@ enabled = false
 [limits]
 handshake_timeout = {handshake_timeout}
 idle_timeout = 20.0
-drain_timeout = 3.0
+drain_timeout = {drain_timeout}
 {limits}
 
 [tls]

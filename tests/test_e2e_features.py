@@ -292,7 +292,11 @@ def test_sighup_in_worker_mode_swaps_certificate(site: Site, processes: list) ->
 def test_worker_mode_reload_with_new_listener_replaces_workers(site: Site, processes: list) -> None:
     with ThreadedEcho() as echo:
         routes = '[routes.all]\ndefault = true\npool = "p"\n'
-        text = config_text(site, routes, pool("p", [echo.port]), extra="workers = 2")
+        # The old workers must still be draining when the new generation is up, however long
+        # the new workers take to start on a loaded machine.
+        text = config_text(
+            site, routes, pool("p", [echo.port]), extra="workers = 2", drain_timeout=60.0
+        )
         daemon = launch(site, text, processes)
         daemon.wait_for_log("accepting on", count=2)
         context = client_context(site.ca_pem)
