@@ -256,6 +256,12 @@ class TicketSettings:
 
     enabled: bool = setting(True, Bool(), "Issue session tickets.")
     count: int = setting(2, Int(1, 16), "Tickets sent after each full handshake.")
+    count_after_resumption: int = setting(
+        1,
+        Int(0, 16),
+        "Tickets sent after a resumed handshake (a fresh one for the ticket just used); "
+        "at most `count`.",
+    )
     # RFC 8446 §4.6.1: ticket_lifetime MUST NOT exceed 604800 seconds (7 days).
     lifetime: float = setting(
         7200.0, Duration(1.0, 604800.0), "How long a ticket may be used (at most 7 days)."

@@ -199,6 +199,7 @@ def _base_config(
         record_size_limit=tls.record_size_limit,
         stateless_retry=tls.stateless_hrr,
         tickets=tls.tickets.count if tickets_on else 0,
+        tickets_after_resumption=min(tls.tickets.count_after_resumption, tls.tickets.count),
         ticket_lifetime=int(tls.tickets.lifetime),
         ticket_keys=ticket_keys if tickets_on else None,
         max_early_data=tls.max_early_data if tickets_on else 0,

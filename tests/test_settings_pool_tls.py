@@ -11,6 +11,7 @@ from proxy.backends import pool_from_settings
 from proxy.routing import table_for_listener
 from proxy.settings import ConfigProblem
 from proxy.tlsconfig import build_server_config
+from tls13 import TicketKeyring
 
 
 @pytest.fixture
@@ -107,3 +108,25 @@ def test_metrics_on_a_systemd_socket_needs_its_name(ws: Workspace) -> None:
     assert named.metrics.listen.systemd_name == "metrics"
     problems = ws.errors(MINIMAL.replace("enabled = false", 'listen = "systemd:"'))
     assert "systemd:NAME" in find(problems, "metrics.listen").message
+
+
+@pytest.mark.parametrize(
+    ("tickets", "expected"),
+    [("", (2, 1)), ("count = 3\ncount_after_resumption = 0", (3, 0)), ("count = 1", (1, 1))],
+)
+def test_tickets_after_resumption_reach_the_engine(
+    ws: Workspace, tickets: str, expected: tuple[int, int]
+) -> None:
+    settings = ws.load(MINIMAL + f"\n[tls.tickets]\n{tickets}\n")
+    listener = settings.listeners[0]
+    keys = TicketKeyring.generate()
+    config = build_server_config(settings, listener, keys, table_for_listener(settings, listener))
+    assert (config.tickets, config.tickets_after_resumption) == expected
+
+
+def test_tickets_after_resumption_beyond_count_is_capped(ws: Workspace) -> None:
+    settings = ws.load(MINIMAL + "\n[tls.tickets]\ncount = 2\ncount_after_resumption = 5\n")
+    listener = settings.listeners[0]
+    keys = TicketKeyring.generate()
+    config = build_server_config(settings, listener, keys, table_for_listener(settings, listener))
+    assert config.tickets_after_resumption == 2
