@@ -152,6 +152,27 @@ def test_key_update_is_answered_and_data_keeps_its_order(test_ca: Issued) -> Non
     trio.run(main)
 
 
+def test_data_then_a_bare_fin_from_the_client_is_delivered_then_a_truncation(
+    test_ca: Issued,
+) -> None:
+    """The last record and the FIN may come with one edge: the relay reads on (RDHUP)."""
+
+    async def main() -> None:
+        with trio.fail_after(30):
+            async with spliced(test_ca) as link:
+                await link.send(b"ping")
+                assert await _exactly(link.backend, 4) == b"ping"
+                link.tls.send_data(b"last words")
+                await link.client.send_all(link.tls.data_to_send())
+                await link.client.send_eof()  # no close_notify
+                assert await _exactly(link.backend, 10) == b"last words"
+                while link.record.outcome == "open":
+                    await trio.sleep(0.01)
+        assert link.record.outcome == "client_truncated"
+
+    trio.run(main)
+
+
 def test_held_tickets_leave_while_the_client_talks_to_a_silent_backend(test_ca: Issued) -> None:
     """Tickets wait for our first write, but not forever: with the relay forwarding the
     client's data and no response coming, they still go out after TICKET_HOLD."""
