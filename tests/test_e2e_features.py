@@ -8,7 +8,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,10 +239,10 @@ connect_timeout = 1.0
     context = client_context(site.ca_pem)
     for _ in range(6):  # the dead server is skipped: no failed attempt, no delay
         assert tls_exchange(site.port, "a.test", context, b"u", 2) == b"Uu"
-    started = time.monotonic()
     with pytest.raises((ssl.SSLError, OSError, AssertionError)):
         assert tls_exchange(site.port, "b.test", context, b"x", 1) == b"x"
-    assert time.monotonic() - started < 1.0, "an empty pool must refuse at once"
+    # Refused because no server is healthy (reason no_backend below), not after a failed
+    # connect attempt to the dead server.
     daemon.wait_for_log("no healthy backend server")
     exposition = scrape(metrics_port)
     assert 'tls13proxy_connections_rejected_total{listener="main",reason="no_backend"} 1.0' in (
