@@ -199,25 +199,26 @@ def log_limited(key: str, level: int, message: str, *args: object) -> None:
         log.log(level, message, *args)
 
 
-# The engine's messages for the bounds of tls13.Limits, and the names /metrics gives them
-# (docs/robustness.md). Matched on the message: TLSError carries only the alert.
-ENGINE_LIMITS = (
-    ("bytes exceeds limit", "max_handshake_size"),
-    ("handshake data before completion exceeds limit", "max_handshake_buffer"),
-    ("too many empty records", "max_empty_records"),
-    ("too many warning alerts", "max_warning_alerts"),
-    ("too many change_cipher_spec", "max_change_cipher_spec"),
-    ("KeyUpdate rate limit exceeded", "key_updates_per_minute"),
-    ("record input buffer limit exceeded", "max_record_buffer"),
-)
+# The `limit` label /metrics gives each tls13.Limits bound (docs/robustness.md): the [limits]
+# setting that feeds it where there is one, so a dashboard speaks the configuration's words.
+# The engine names the bound on the error itself (TLSError.limit), never only in its message.
+LIMIT_LABELS: Mapping[str, str] = {
+    "max_handshake_message": "max_handshake_size",
+    "max_handshake_buffer": "max_handshake_buffer",
+    "max_empty_records": "max_empty_records",
+    "max_warning_alerts": "max_warning_alerts",
+    "max_ccs": "max_change_cipher_spec",
+    "max_key_updates_per_minute": "key_updates_per_minute",
+    "max_record_buffer": "max_record_buffer",
+}
 
 
-def engine_limit(error: BaseException | None) -> str | None:
-    """The limit name of a TLSError the engine raised for one of its bounds, else None."""
-    if error is None or getattr(error, "sent_by_peer", False):
+def engine_limit(error: TLSError | None) -> str | None:
+    """The metric label of the engine bound behind a TLSError we raised, else None. A bound
+    this table does not know yet keeps the engine's own name: counted, never dropped."""
+    if error is None or error.sent_by_peer or error.limit is None:
         return None
-    text = str(error)
-    return next((name for marker, name in ENGINE_LIMITS if marker in text), None)
+    return LIMIT_LABELS.get(error.limit, error.limit)
 
 
 def note_tls_error(record: ConnectionRecord, exc: TLSStreamError) -> None:

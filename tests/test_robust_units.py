@@ -1,18 +1,19 @@
 """Issue 10, the glue between engine bounds and metrics: every ``tls13.Limits`` bound the
-engine enforces is recognised by ``proxy.connection.engine_limit`` (which names it for
-``tls13proxy_limit_hits_total``). Driven in memory, so a changed engine message fails here
-first rather than silently dropping a metric."""
+engine enforces names itself on its error (``TLSError.limit``), and
+``proxy.connection.engine_limit`` turns that name into the label of
+``tls13proxy_limit_hits_total``. Driven in memory, so a bound that stops naming itself fails
+here first rather than silently dropping a metric."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 from certs import Issued, make_leaf
 from engine_helpers import MiniClient, pump, store_for
 
-from proxy.connection import ENGINE_LIMITS, engine_limit
+from proxy.connection import LIMIT_LABELS, engine_limit
 from proxy.settings import DEFAULT_SETTINGS
 from proxy.tlsconfig import engine_limits
 from tls13 import ClientConfig, ClientConnection, Limits, ServerConfig, ServerConnection, TLSError
@@ -111,45 +112,52 @@ def record_buffer(config: ServerConfig) -> TLSError:
     return server_error(ServerConnection(config), bytes((HANDSHAKE, 3, 1, 0x40, 0)) * 300_000)
 
 
-@pytest.mark.parametrize(
-    ("abuse", "limit"),
-    [
-        (empty_records, "max_empty_records"),
-        (warning_alerts, "max_warning_alerts"),
-        (key_updates, "key_updates_per_minute"),
-        (change_cipher_specs, "max_change_cipher_spec"),
-        (oversized_message, "max_handshake_size"),
-        (handshake_buffer, "max_handshake_buffer"),
-        (record_buffer, "max_record_buffer"),
-    ],
-)
-def test_each_engine_bound_is_named(server_config: ServerConfig, abuse: Abuse, limit: str) -> None:
+BOUNDS = [
+    (empty_records, "max_empty_records", "max_empty_records"),
+    (warning_alerts, "max_warning_alerts", "max_warning_alerts"),
+    (key_updates, "max_key_updates_per_minute", "key_updates_per_minute"),
+    (change_cipher_specs, "max_ccs", "max_change_cipher_spec"),
+    (oversized_message, "max_handshake_message", "max_handshake_size"),
+    (handshake_buffer, "max_handshake_buffer", "max_handshake_buffer"),
+    (record_buffer, "max_record_buffer", "max_record_buffer"),
+]
+
+
+@pytest.mark.parametrize(("abuse", "limit", "label"), BOUNDS)
+def test_each_engine_bound_is_named(
+    server_config: ServerConfig, abuse: Abuse, limit: str, label: str
+) -> None:
     error = abuse(server_config)
     assert not error.sent_by_peer
-    assert engine_limit(error) == limit
+    assert error.limit == limit
+    assert engine_limit(error) == label
 
 
-def test_every_named_limit_is_exercised() -> None:
-    assert {name for _, name in ENGINE_LIMITS} == {
-        "max_empty_records",
-        "max_warning_alerts",
-        "key_updates_per_minute",
-        "max_change_cipher_spec",
-        "max_handshake_size",
-        "max_handshake_buffer",
-        "max_record_buffer",
-    }
+def test_every_engine_bound_is_exercised_and_labelled() -> None:
+    bounds = {field.name for field in fields(Limits)}
+    assert {limit for _, limit, _ in BOUNDS} == bounds
+    assert set(LIMIT_LABELS) == bounds
 
 
 def test_an_alert_from_the_peer_is_never_a_limit_of_ours() -> None:
     from tls13 import AlertDescription
 
     error = TLSError(
-        AlertDescription.unexpected_message, "too many empty records", sent_by_peer=True
+        AlertDescription.unexpected_message,
+        "too many empty records",
+        sent_by_peer=True,
+        limit="max_empty_records",
     )
     assert engine_limit(error) is None
     assert engine_limit(TLSError(AlertDescription.decode_error, "malformed")) is None
     assert engine_limit(None) is None
+
+
+def test_a_bound_without_a_label_keeps_the_engine_name() -> None:
+    from tls13 import AlertDescription
+
+    error = TLSError(AlertDescription.unexpected_message, "x", limit="max_new_bound")
+    assert engine_limit(error) == "max_new_bound"
 
 
 def test_settings_reach_the_engine_limits() -> None:

@@ -218,7 +218,8 @@ def test_every_handshake_ccs_is_dropped_up_to_the_limit(server: ServerConnection
     client = MiniClient()
     server.receive_data(client.hello_record())
     assert server.receive_data(CCS_RECORD * 32) == []
-    expect_alert(server, CCS_RECORD, AlertDescription.unexpected_message)
+    error = expect_alert(server, CCS_RECORD, AlertDescription.unexpected_message)
+    assert error.limit == "max_ccs"
 
 
 def test_ccs_limit_is_configurable(make_config: Callable[..., ServerConfig]) -> None:
@@ -230,7 +231,8 @@ def test_ccs_limit_is_configurable(make_config: Callable[..., ServerConfig]) -> 
 
 def test_bad_ccs_payload_is_unexpected(server: ServerConnection) -> None:
     server.receive_data(MiniClient().hello_record())
-    expect_alert(server, bytes.fromhex("140303000102"), AlertDescription.unexpected_message)
+    error = expect_alert(server, bytes.fromhex("140303000102"), AlertDescription.unexpected_message)
+    assert error.limit is None  # a protocol violation, not a bound
 
 
 def test_ccs_before_client_hello_is_unexpected(server: ServerConnection) -> None:
@@ -546,9 +548,10 @@ def test_key_update_rate_limit(make_config: Callable[..., ServerConfig]) -> None
     for _ in range(2):
         conn.receive_data(client.protect(22, KeyUpdate(False).serialize()))
         client.rekey_write()
-    expect_alert(
+    error = expect_alert(
         conn, client.protect(22, KeyUpdate(False).serialize()), AlertDescription.unexpected_message
     )
+    assert error.limit == "max_key_updates_per_minute"
 
 
 def test_key_update_with_trailing_data_in_record(server: ServerConnection) -> None:
@@ -598,7 +601,8 @@ def test_user_canceled_is_reported_then_limited(make_config: Callable[..., Serve
     assert conn.receive_data(client.protect(21, warning)) == [
         events.AlertReceived(1, AlertDescription.user_canceled)  # type: ignore[arg-type]
     ]
-    expect_alert(conn, client.protect(21, warning), AlertDescription.unexpected_message)
+    error = expect_alert(conn, client.protect(21, warning), AlertDescription.unexpected_message)
+    assert error.limit == "max_warning_alerts"
 
 
 def test_warning_level_error_alert_is_fatal(server: ServerConnection) -> None:
@@ -680,7 +684,8 @@ def test_empty_record_limit(make_config: Callable[..., ServerConfig]) -> None:
     handshake(conn, client)
     for _ in range(3):
         assert conn.receive_data(client.protect(23, b"")) == []
-    expect_alert(conn, client.protect(23, b""), AlertDescription.unexpected_message)
+    error = expect_alert(conn, client.protect(23, b""), AlertDescription.unexpected_message)
+    assert error.limit == "max_empty_records"
 
 
 def test_application_data_before_finished(server: ServerConnection) -> None:
@@ -781,15 +786,17 @@ def test_skips_declined_early_data(server: ServerConnection) -> None:
 def test_oversized_handshake_message(make_config: Callable[..., ServerConfig]) -> None:
     conn = ServerConnection(make_config(limits=Limits(max_handshake_message=4096)))
     header = b"\x01" + (5000).to_bytes(3, "big")
-    with pytest.raises(TLSError):
+    with pytest.raises(TLSError) as caught:
         conn.receive_data(plaintext_record(22, header + bytes(100)))
+    assert caught.value.limit == "max_handshake_message"
     assert conn.data_to_send()[-2] == 2  # a fatal alert went out
 
 
 def test_record_buffer_limit(make_config: Callable[..., ServerConfig]) -> None:
     conn = ServerConnection(make_config(limits=Limits(max_record_buffer=40_000)))
     flood = plaintext_record(22, MiniClient().hello()) * 1000  # far beyond the buffer limit
-    expect_alert(conn, flood, AlertDescription.internal_error)
+    error = expect_alert(conn, flood, AlertDescription.internal_error)
+    assert error.limit == "max_record_buffer"
 
 
 def test_skips_early_data_after_hello_retry(make_config: Callable[..., ServerConfig]) -> None:
@@ -954,7 +961,7 @@ def test_handshake_bytes_before_completion_are_bounded(
     with pytest.raises(TLSError) as err:
         conn.receive_data(client.hello_record())
     assert err.value.alert is AlertDescription.illegal_parameter
-    assert "before completion exceeds limit" in err.value.message
+    assert err.value.limit == "max_handshake_buffer"
 
 
 def test_handshake_buffer_bound_leaves_a_normal_retry_alone(

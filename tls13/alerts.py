@@ -48,15 +48,24 @@ class AlertDescription(IntEnum):
 class TLSError(Exception):
     """A protocol failure; ``alert`` is what we send (or what the peer sent us).
 
-    ``sent_by_peer`` is true when the error reports an alert we received.
+    ``sent_by_peer`` is true when the error reports an alert we received.  ``limit`` names
+    the :class:`tls13.Limits` field whose bound the peer exceeded (``"max_empty_records"``,
+    …), and is None for every other failure: callers count abuse by it, never by the
+    message text, which is free to change.
     """
 
     def __init__(
-        self, alert: AlertDescription, message: str = "", *, sent_by_peer: bool = False
+        self,
+        alert: AlertDescription,
+        message: str = "",
+        *,
+        sent_by_peer: bool = False,
+        limit: str | None = None,
     ) -> None:
         self.alert = AlertDescription(alert)
         self.message = message or self.alert.name
         self.sent_by_peer = sent_by_peer
+        self.limit = limit
         super().__init__(f"{self.alert.name}: {self.message}")
 
 

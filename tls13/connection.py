@@ -352,7 +352,11 @@ class Connection(ABC):
             raise TLSError(AlertDescription.unexpected_message, "empty non-application record")
         self._empty_records += 1
         if self._empty_records > self._limits.max_empty_records:
-            raise TLSError(AlertDescription.unexpected_message, "too many empty records")
+            raise TLSError(
+                AlertDescription.unexpected_message,
+                "too many empty records",
+                limit="max_empty_records",
+            )
 
     def _on_handshake_record(self, payload: bytes) -> None:
         if not self._handshake_done:
@@ -364,6 +368,7 @@ class Connection(ABC):
                     AlertDescription.illegal_parameter,
                     "handshake data before completion exceeds limit "
                     f"({self._limits.max_handshake_buffer} bytes)",
+                    limit="max_handshake_buffer",
                 )
         messages = self._reassembler.feed(payload)
         for index, (msg_type, raw) in enumerate(messages):
@@ -414,7 +419,11 @@ class Connection(ABC):
         if code == AlertDescription.user_canceled and level == AlertLevel.WARNING:
             self._warning_alerts += 1
             if self._warning_alerts > self._limits.max_warning_alerts:
-                raise TLSError(AlertDescription.unexpected_message, "too many warning alerts")
+                raise TLSError(
+                    AlertDescription.unexpected_message,
+                    "too many warning alerts",
+                    limit="max_warning_alerts",
+                )
             self._emit(events.AlertReceived(AlertLevel.WARNING, AlertDescription.user_canceled))
             return
         # rfc8446bis §6: every other alert is fatal whatever its level, unknown ones too.
@@ -428,7 +437,11 @@ class Connection(ABC):
             raise TLSError(AlertDescription.unexpected_message, "unexpected change_cipher_spec")
         self._ccs_received += 1
         if self._ccs_received > self._limits.max_ccs:
-            raise TLSError(AlertDescription.unexpected_message, "too many change_cipher_spec")
+            raise TLSError(
+                AlertDescription.unexpected_message,
+                "too many change_cipher_spec",
+                limit="max_ccs",
+            )
 
     def _on_eof(self) -> None:
         if not self._handshake_done:
@@ -461,7 +474,11 @@ class Connection(ABC):
             window.popleft()
         window.append(now)
         if len(window) > self._limits.max_key_updates_per_minute:
-            raise TLSError(AlertDescription.unexpected_message, "KeyUpdate rate limit exceeded")
+            raise TLSError(
+                AlertDescription.unexpected_message,
+                "KeyUpdate rate limit exceeded",
+                limit="max_key_updates_per_minute",
+            )
 
     def _send_key_update(self, request_peer: bool) -> None:
         assert self._suite is not None and self._write_secret is not None

@@ -721,7 +721,11 @@ class HandshakeReassembler:
             length = int.from_bytes(self._buffer[1:4], "big")
             if length > self.max_message:
                 # What OpenSSL sends for an excessive message size.
-                raise illegal_parameter(f"handshake message of {length} bytes exceeds limit")
+                raise TLSError(
+                    AlertDescription.illegal_parameter,
+                    f"handshake message of {length} bytes exceeds limit",
+                    limit="max_handshake_message",
+                )
             end = 4 + length
             if len(self._buffer) < end:
                 break

@@ -213,7 +213,11 @@ class RecordLayer:
             del self._in[: self._in_pos]
             self._in_pos = 0
         if len(self._in) + len(data) > self._buffer_limit:
-            raise TLSError(AlertDescription.internal_error, "record input buffer limit exceeded")
+            raise TLSError(
+                AlertDescription.internal_error,
+                "record input buffer limit exceeded",
+                limit="max_record_buffer",
+            )
         self._in += data
 
     @property
