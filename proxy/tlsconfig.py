@@ -294,14 +294,19 @@ def observed_register(register: StrikeRegister) -> ReplayRegister:
 
 
 def reset_early_data_refusal() -> None:
-    """Call at the start of a connection's task (a fresh context normally has none)."""
-    _refusal.set(None)
+    """Call at the start of a connection's task. A fresh context normally has no refusal,
+    and then nothing is set: a set copies the task's context mapping (about 120 bytes kept
+    per connection) for a value equal to the default."""
+    if _refusal.get() is not None:
+        _refusal.set(None)
 
 
 def take_early_data_refusal() -> str | None:
-    """Why the strike register refused this task's 0-RTT ("replay", "full"), then forget it."""
+    """Why the strike register refused this task's 0-RTT ("replay", "full"), then forget it
+    (a write only when there was something to forget, as in the reset)."""
     reason = _refusal.get()
-    _refusal.set(None)
+    if reason is not None:
+        _refusal.set(None)
     return reason
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 
 import trio
 
 from proxy.tlsconfig import (
     ObservedRegister,
+    _refusal,
     observed_register,
     reset_early_data_refusal,
     take_early_data_refusal,
@@ -75,3 +77,16 @@ def test_a_refusal_stays_with_the_connection_task_that_caused_it() -> None:
 
     trio.run(main)
     assert seen == {"replayer": "replay", "fresh": None}
+
+
+def test_a_connection_without_a_refusal_writes_nothing_to_its_context() -> None:
+    # Each set copies the task's context mapping, kept for the connection's whole life.
+    context = contextvars.Context()
+    assert context.run(take_early_data_refusal) is None
+    context.run(reset_early_data_refusal)
+    assert _refusal not in context
+    register = observed_register(ReplayRegister(window_seconds=10, max_entries=100))
+    assert register.check_and_add(b"ticket", 1.0)
+    assert not context.run(register.check_and_add, b"ticket", 2.0)
+    context.run(reset_early_data_refusal)
+    assert context[_refusal] is None and context.run(take_early_data_refusal) is None
