@@ -31,7 +31,13 @@ from proxy.reactor import (
     current_reactor,
 )
 from proxy.routing import Route, RouteTable
-from proxy.tlsstream import FastSocketStream, TLSStream, TLSStreamError, TLSTruncated
+from proxy.tlsstream import (
+    FastSocketStream,
+    SocketTransport,
+    TLSStream,
+    TLSStreamError,
+    TLSTruncated,
+)
 
 if TYPE_CHECKING:
     from tls13.alerts import TLSError
@@ -90,7 +96,7 @@ class Terminator(Protocol):
     """Turns an accepted transport into an application stream (TLS in production)."""
 
     async def establish(
-        self, transport: trio.SocketStream, early: EarlyDataHandler | None = None
+        self, transport: SocketTransport, early: EarlyDataHandler | None = None
     ) -> Established: ...
 
 
@@ -233,7 +239,7 @@ def note_tls_error(record: ConnectionRecord, exc: TLSStreamError) -> None:
     record.finish("tls_error", f"{record.alert} ({side}): {exc.tls_error or exc}")
 
 
-def _peer(stream: trio.SocketStream, local: bool) -> tuple[str, int]:
+def _peer(stream: SocketTransport, local: bool) -> tuple[str, int]:
     try:
         address = stream.socket.getsockname() if local else stream.socket.getpeername()
     except OSError:
@@ -248,7 +254,7 @@ Address = tuple[str, int]
 
 def new_record(
     listener: str,
-    transport: trio.SocketStream,
+    transport: SocketTransport,
     peer: Address | None = None,
     local: Address | None = None,
 ) -> ConnectionRecord:
@@ -260,7 +266,7 @@ def new_record(
 
 
 async def handle_connection(
-    transport: trio.SocketStream,
+    transport: SocketTransport,
     runtime: ListenerRuntime,
     peer: Address | None = None,
     local: Address | None = None,
@@ -312,7 +318,7 @@ def _still_open(transport: trio.abc.Stream) -> bool:
 
 
 async def _serve(
-    transport: trio.SocketStream, runtime: ListenerRuntime, record: ConnectionRecord
+    transport: SocketTransport, runtime: ListenerRuntime, record: ConnectionRecord
 ) -> None:
     forwarder = EarlyForwarder(runtime, record)
     try:
@@ -450,7 +456,7 @@ def _route(routes: RouteTable, info: SessionInfo, record: ConnectionRecord) -> R
 
 
 async def _establish(
-    transport: trio.SocketStream,
+    transport: SocketTransport,
     runtime: ListenerRuntime,
     record: ConnectionRecord,
     early: EarlyDataHandler | None = None,

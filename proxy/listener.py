@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from proxy.connection import Address, ListenerRuntime, handle_connection, log_limited
-from proxy.tlsstream import FAIR_STREAK, FastSocketStream
+from proxy.tlsstream import FAIR_STREAK, FastSocketStream, SocketTransport
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class Listener:
 
     async def _run(
         self,
-        stream: trio.SocketStream,
+        stream: SocketTransport,
         client: str,
         peer: Address | None,
         local: Address | None,

@@ -17,7 +17,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol, cast
 
-import trio
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -33,7 +32,7 @@ from proxy.settings import (
     Settings,
     TLSSettings,
 )
-from proxy.tlsstream import TLSStream
+from proxy.tlsstream import SocketTransport, TLSStream
 from tls13 import (
     AlertDescription,
     CertificateChain,
@@ -317,7 +316,7 @@ class TLSTerminator:
         self.config = config
 
     async def establish(
-        self, transport: trio.SocketStream, early: EarlyDataHandler | None = None
+        self, transport: SocketTransport, early: EarlyDataHandler | None = None
     ) -> Established:
         """Handshake; 0-RTT data goes to ``early`` as it arrives if it takes it, else it is
         held and returned with the established stream (forwarded after completion)."""

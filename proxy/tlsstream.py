@@ -34,7 +34,7 @@ import math
 import os
 import socket as stdlib_socket
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import trio
 
@@ -89,9 +89,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         self._drained = drained  # the last read returned less than asked: the socket is empty
 
     @classmethod
-    def wrap(
-        cls, sock: trio.socket.SocketType, *, drained: bool = False
-    ) -> trio.abc.HalfCloseableStream:
+    def wrap(cls, sock: trio.socket.SocketType, *, drained: bool = False) -> SocketTransport:
         """The fast stream over ``sock`` (a connected TCP socket), or trio's own stream when
         the trio socket does not expose its standard-library socket. ``drained``: nothing
         can have arrived yet (a connection we just opened), so the first read waits first."""
@@ -213,6 +211,11 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                 raise stream_error(exc) from exc
             self._drained = len(data) < max_bytes
             return data
+
+
+# An accepted TCP connection as the proxy holds it: our fast stream, or trio's own where the
+# fast one cannot reach the standard-library socket. Both expose ``socket``.
+SocketTransport: TypeAlias = FastSocketStream | trio.SocketStream
 
 
 async def connect_tcp(
