@@ -539,10 +539,8 @@ class TLSStream(trio.abc.HalfCloseableStream):
         """Encrypt ``data`` and write it without waiting (the caller checked ``send_ready``).
         Returns the part the socket did not take; the write lock then stays held until
         :meth:`finish_send` wrote it, so nothing can overtake it. Socket errors propagate."""
-        connection = self.connection
-        connection.send_data(data)
+        out = self.connection.send_data_now(data)  # sealed and returned in one engine call
         self.bytes_sent += len(data)
-        out = connection.data_to_send()
         self.wire_sent += len(out)
         raw = self.transport._raw  # type: ignore[attr-defined]
         try:

@@ -149,7 +149,8 @@ def _protected_pair() -> tuple[RecordLayer, RecordLayer]:
 
 
 def _input_buffer_size(layer: RecordLayer) -> int:
-    (buffer,) = [o for o in gc.get_referents(layer) if isinstance(o, bytearray)]
+    # The input buffer: a kept read (bytes) or a joined one (bytearray).
+    (buffer,) = [o for o in gc.get_referents(layer) if isinstance(o, (bytes, bytearray))]
     return sys.getsizeof(buffer)
 
 

@@ -174,11 +174,33 @@ class Connection(ABC):
         return produced
 
     def data_to_send(self) -> bytes:
-        """Everything queued for the wire since the last call."""
-        self._flush_handshake()
+        """Everything queued for the wire since the last call (``b""`` cheaply if nothing)."""
+        if self._handshake_out:
+            self._flush_handshake()
         return self._record.take_output()
 
-    def send_data(self, data: bytes) -> None:
+    def send_data_now(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
+        """``send_data(data)`` then ``data_to_send()`` in one call: the records to write.
+
+        The relay's fast path: in the steady state (nothing queued, no KeyUpdate due, at
+        most one slice, not empty) the records are sealed and returned without being queued.  Any
+        other case goes through :meth:`send_data` and :meth:`data_to_send`, so the bytes,
+        the errors and the automatic KeyUpdate (RFC 8446 §5.5) are the same either way.
+        """
+        record = self._record
+        if (
+            self._handshake_done
+            and self._error is None
+            and not self._close_sent
+            and not self._handshake_out
+            and 0 < len(data) <= _SEND_SLICE
+            and not record.write_needs_update
+        ):
+            return record.seal_application_data(data)
+        self.send_data(data)
+        return self.data_to_send()
+
+    def send_data(self, data: bytes | bytearray | memoryview) -> None:
         """Queue application data (after the handshake completed)."""
         self._check_can_send()
         if not self._handshake_done:
@@ -323,6 +345,16 @@ class Connection(ABC):
             if record is None:
                 return
             content_type, payload = record
+            if (
+                content_type == APPLICATION_DATA
+                and payload
+                and self._handshake_done
+                and not self._reassembler.pending
+            ):
+                # The steady state, short-cut: what the general path below does for it.
+                self._empty_records = 0
+                self._events.append(events.ApplicationData(payload))
+                continue
             self._check_empty_record(content_type, payload)
             if content_type != HANDSHAKE and self._reassembler.pending:
                 # RFC 8446 §5.1: handshake messages must not be interleaved with other records.
@@ -495,7 +527,7 @@ class Connection(ABC):
         if self._close_sent:
             raise ConnectionStateError("connection closed for sending")
 
-    def _write_application_data(self, data: bytes) -> None:
+    def _write_application_data(self, data: bytes | bytearray | memoryview) -> None:
         self._flush_handshake()
         view = memoryview(data)
         for start in range(0, len(view), _SEND_SLICE):

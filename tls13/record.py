@@ -44,6 +44,7 @@ _TLS12 = 0x0303
 _SEQ_LIMIT = 1 << 64  # §5.3: sequence numbers must never wrap
 _UPDATE_MARGIN = 1 << 12  # ask for a KeyUpdate this many records before an AEAD limit
 _HEADER_APPDATA = bytes((APPLICATION_DATA, 3, 3))  # §5.2: opaque_type 23, version 0x0303
+_TYPE_APPDATA = bytes((APPLICATION_DATA,))  # TLSInnerPlaintext.type of application data
 
 
 class RecordLimits(Protocol):
@@ -126,7 +127,8 @@ class RecordLayer:
     )
 
     def __init__(self, limits: RecordLimits | None = None) -> None:
-        self._in = bytearray()
+        # Unconsumed input: a kept ``bytes`` read, or a bytearray once reads had to be joined.
+        self._in: bytes | bytearray = b""
         self._in_pos = 0
         # Output is a list of chunks joined once per drain: growing one bytearray record by
         # record costs a realloc-copy of everything queued so far (3x slower at 1 MiB writes).
@@ -208,17 +210,34 @@ class RecordLayer:
     # ------------------------------------------------------------------ input
 
     def receive(self, data: bytes | bytearray | memoryview) -> None:
-        """Buffer bytes from the transport (bounded: a peer cannot make us hoard)."""
-        if self._in_pos:
-            del self._in[: self._in_pos]
-            self._in_pos = 0
-        if len(self._in) + len(data) > self._buffer_limit:
+        """Buffer bytes from the transport (bounded: a peer cannot make us hoard).
+
+        When everything before was consumed (the steady state: one read, whole records), a
+        ``bytes`` read is kept as it is, not copied; records are deprotected from views of it.
+        """
+        buf = self._in
+        pos = self._in_pos
+        if len(buf) - pos + len(data) > self._buffer_limit:
             raise TLSError(
                 AlertDescription.internal_error,
                 "record input buffer limit exceeded",
                 limit="max_record_buffer",
             )
-        self._in += data
+        if pos == len(buf):
+            # Immutable bytes can be kept; a caller's mutable buffer must be copied.
+            self._in = data if type(data) is bytes else bytearray(data)
+            self._in_pos = 0
+            return
+        if type(buf) is bytearray:
+            if pos:
+                del buf[:pos]
+            buf += data
+        else:  # a kept read with a partial record left: continue in a buffer of our own
+            with memoryview(buf) as view:
+                rest = bytearray(view[pos:])
+            rest += data
+            self._in = rest
+        self._in_pos = 0
 
     @property
     def buffered(self) -> int:
@@ -228,37 +247,34 @@ class RecordLayer:
     def next_record(self) -> tuple[int, bytes] | None:
         """The next complete record as ``(content_type, payload)``, or None if incomplete."""
         while True:
-            record = self._next_raw()
-            if record is None:
+            buf = self._in
+            pos = self._in_pos
+            size = len(buf)
+            if size - pos < HEADER_LEN:
+                if pos and pos == size:
+                    # All consumed: free the buffer now rather than hold the last read, up
+                    # to 64 KiB after a bulk transfer, while the peer idles.
+                    self._in = b""
+                    self._in_pos = 0
                 return None
-            content_type, version, start, end = record
-            result = self._open(content_type, version, start, end)
+            content_type = buf[pos]
+            version = (buf[pos + 1] << 8) | buf[pos + 2]
+            length = (buf[pos + 3] << 8) | buf[pos + 4]
+            if content_type not in _OUTER_TYPES:
+                raise unexpected_message(f"unknown record type {content_type}")
+            if length > MAX_CIPHERTEXT:
+                raise TLSError(AlertDescription.record_overflow, "record longer than 2^14 + 256")
+            start = pos + HEADER_LEN
+            end = start + length
+            if end > size:
+                return None
+            self._in_pos = end
+            if content_type == APPLICATION_DATA and version == _TLS12 and self._read is not None:
+                result = self._decrypt(start, end)  # the steady state, framed in this loop
+            else:
+                result = self._open(content_type, version, start, end)
             if result is not None:
                 return result
-
-    def _next_raw(self) -> tuple[int, int, int, int] | None:
-        """Frame one record: ``(type, version, payload_start, payload_end)`` and consume it."""
-        buf = self._in
-        pos = self._in_pos
-        if len(buf) - pos < HEADER_LEN:
-            if pos and pos == len(buf):
-                # All consumed: free the buffer now (clear() shrinks it) rather than hold
-                # the last read, up to 64 KiB after a bulk transfer, while the peer idles.
-                buf.clear()
-                self._in_pos = 0
-            return None
-        content_type = buf[pos]
-        version = (buf[pos + 1] << 8) | buf[pos + 2]
-        length = (buf[pos + 3] << 8) | buf[pos + 4]
-        if content_type not in _OUTER_TYPES:
-            raise unexpected_message(f"unknown record type {content_type}")
-        if length > MAX_CIPHERTEXT:
-            raise TLSError(AlertDescription.record_overflow, "record longer than 2^14 + 256")
-        end = pos + HEADER_LEN + length
-        if end > len(buf):
-            return None
-        self._in_pos = end
-        return content_type, version, pos + HEADER_LEN, end
 
     def _open(
         self, content_type: int, version: int, start: int, end: int
@@ -318,6 +334,8 @@ class RecordLayer:
         read.seq += 1
         if len(inner) > self.read_record_limit:
             raise TLSError(AlertDescription.record_overflow, "protected record plaintext too long")
+        if inner[-1] == APPLICATION_DATA:  # unpadded application data: no stripping to do
+            return APPLICATION_DATA, inner[:-1]
         return _inner_content(inner)
 
     def _try_skip(self, size: int) -> bool:
@@ -406,6 +424,15 @@ class RecordLayer:
     def _write_application_data(
         self, write: _Direction, payload: bytes | bytearray | memoryview
     ) -> None:
+        """Queue unpadded application data: one small record, or many sealed in one buffer."""
+        if len(payload) <= self._max_fragment():
+            self._queue(self._seal_small(write, payload))
+        else:
+            self._queue(self._seal_application_data(write, payload))
+
+    def _seal_application_data(
+        self, write: _Direction, payload: bytes | bytearray | memoryview
+    ) -> bytearray:
         """Fast path: unpadded application data in full-size records, sealed with
         ``encrypt_into`` straight into one output buffer; each record's TLSInnerPlaintext
         (content || type, §5.2) is staged in one buffer reused for the whole call."""
@@ -433,12 +460,39 @@ class RecordLayer:
                         out_view[pos + HEADER_LEN : ct_end],
                     )
                     pos = ct_end
-        self._queue(out)
+        return out
+
+    def seal_application_data(self, payload: bytes | bytearray | memoryview) -> bytes | bytearray:
+        """``write(APPLICATION_DATA, payload)`` then ``take_output()``, in one step.
+
+        The records are returned, not queued (nor joined with anything): with nothing
+        queued and a write key installed, that saves the queue, the join and its copy.
+        Everything else (queued output, padding, no key, empty payload) takes
+        :meth:`write`'s path, so the bytes on the wire are the same either way.
+        """
+        write = self._write
+        if self._out or write is None or self.padding_to or not payload:
+            self.write(APPLICATION_DATA, payload)
+            return self.take_output()
+        size = len(payload)
+        if size <= MAX_PLAINTEXT and size < self.peer_record_limit:  # one record (see write)
+            return self._seal_small(write, payload)
+        return self._seal_application_data(write, payload)
+
+    def _seal_small(self, write: _Direction, payload: bytes | bytearray | memoryview) -> bytes:
+        """One unpadded application_data record: header || AEAD(content || 23) (§5.2).
+        For a record this small a concatenation is cheaper than ``encrypt_into``'s buffers."""
+        header = _HEADER_APPDATA + (len(payload) + 1 + write.tag_len).to_bytes(2, "big")
+        aead = write.aead or write.cipher()
+        return header + aead.encrypt(write.next_nonce(), bytes(payload) + _TYPE_APPDATA, header)
 
     def take_output(self) -> bytes:
         """Drain everything queued for the wire."""
-        data = b"".join(self._out)
-        self._out.clear()
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 and type(out[0]) is bytes else b"".join(out)
+        out.clear()
         self._out_len = 0
         return data
 
