@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,8 @@ from proxy_helpers import (
     recv_exactly,
     tls_exchange,
 )
+
+from proxy.workers import REPLAY_WINDOW
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -347,6 +350,23 @@ alpn = ["h2"]
             assert recv_exactly(tls, 3) == b"six"
 
 
+def early_data_outcomes(site: Site, session: Path, data: Path, attempts: int) -> list[bool]:
+    """0-RTT with one ticket ``attempts`` times: whether each attempt's early data was
+    accepted, for the attempts that surely reached the daemon within REPLAY_WINDOW of the
+    first. The strike register keeps a ticket that long (RFC 8446 §8.2), so only those
+    say anything about replays; a loaded machine can take longer for a few s_client runs.
+    """
+    first_sent = time.monotonic()
+    outcomes: list[bool] = []
+    for _ in range(attempts):
+        echoed = openssl_early(site, "a.test", session, data)
+        assert echoed in (b"early!\nlate\n", b"late\n"), echoed
+        if time.monotonic() - first_sent >= REPLAY_WINDOW:
+            break
+        outcomes.append(echoed == b"early!\nlate\n")
+    return outcomes
+
+
 def test_0rtt_ticket_is_single_use_across_workers(site: Site, processes: list) -> None:
     """The strike register is shared: re-using a ticket's 0-RTT is refused on any worker."""
     with ThreadedEcho() as echo:
@@ -359,9 +379,14 @@ def test_0rtt_ticket_is_single_use_across_workers(site: Site, processes: list) -
         session = site.root / "a.session"
         data = site.root / "early.txt"
         data.write_bytes(b"early!\n")
-        openssl_session(site, "a.test", session)
-        for _ in range(6):  # the same ticket each time, over both workers
-            assert openssl_early(site, "a.test", session, data).endswith(b"late\n")
-        daemon.wait_for_log("resumed=true", count=6)
-        lines = [line for line in daemon.log().splitlines() if "resumed=true" in line]
-        assert sum("early_data=true" in line for line in lines) == 1, lines
+        resumed = 0
+        for _ in range(3):  # a fresh ticket per round, until a round had replays to judge
+            openssl_session(site, "a.test", session)
+            outcomes = early_data_outcomes(site, session, data, attempts=6)
+            resumed += 6
+            if len(outcomes) >= 2:
+                break
+        assert len(outcomes) >= 2, "no replay within the window in three rounds"
+        # The same ticket over both workers (SO_REUSEPORT spreads them by source port).
+        assert outcomes[0] and not any(outcomes[1:]), outcomes
+        daemon.wait_for_log("resumed=true", count=resumed)
