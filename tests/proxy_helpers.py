@@ -180,6 +180,10 @@ def pattern(seed: int, size: int) -> bytes:
 
 
 REPO = Path(__file__).resolve().parent.parent
+# How long to wait for something the daemon will do (start, log a line) before calling it a
+# failure. Only a failing test waits this long, so it is sized for a loaded 2-CPU machine
+# (workers took over 3 s to start there), not for the usual case.
+WAIT = 60.0
 
 
 class _ThreadingTCP(socketserver.ThreadingTCPServer):
@@ -310,7 +314,7 @@ class Daemon:
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
 
-    def wait_for_log(self, text: str, timeout: float = 10, count: int = 1) -> None:
+    def wait_for_log(self, text: str, timeout: float = WAIT, count: int = 1) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.log().count(text) >= count:
@@ -320,13 +324,13 @@ class Daemon:
             time.sleep(0.05)
         raise AssertionError(f"{text!r} not logged {count}x; log:\n{self.log()[-4000:]}")
 
-    def stop(self, timeout: float = 15) -> int:
+    def stop(self, timeout: float = WAIT) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = WAIT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -438,7 +442,7 @@ def config_text(
     extra: str = "",
     tls: str = 'alpn = ["http/1.1"]',
     limits: str = "",
-    handshake_timeout: float = 1.0,
+    handshake_timeout: float = 20.0,
     drain_timeout: float = 3.0,
 ) -> str:
     return f"""

@@ -180,8 +180,9 @@ def test_slow_backend_reader_keeps_proxy_memory_bounded(site: Site, processes: l
 def test_stalled_handshake_is_dropped_at_timeout(site: Site, processes: list) -> None:
     with ThreadedEcho() as echo:
         routes = '[routes.all]\ndefault = true\npool = "p"\n'
-        daemon = launch(site, config_text(site, routes, pool("p", [echo.port])), processes)
-        with socket.create_connection(("127.0.0.1", site.port), timeout=5) as sock:
+        text = config_text(site, routes, pool("p", [echo.port]), handshake_timeout=1.0)
+        daemon = launch(site, text, processes)
+        with socket.create_connection(("127.0.0.1", site.port), timeout=60) as sock:
             sock.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, then silence
             started = time.monotonic()
             try:
@@ -190,7 +191,9 @@ def test_stalled_handshake_is_dropped_at_timeout(site: Site, processes: list) ->
                 answer = b""
             assert answer == b""
             elapsed = time.monotonic() - started
-        assert 0.8 < elapsed < 3, elapsed
+        # Not before the timeout (its clock started at accept, a little before ours); how
+        # much later depends on the machine's load, and the log line below names the cause.
+        assert elapsed > 0.8, elapsed
         daemon.wait_for_log("end=handshake_timeout")
         assert echo.connections == 0
 
@@ -363,21 +366,36 @@ def test_sighup_swaps_certificate_while_old_connection_works(site: Site, process
         assert "tls13proxy_config_last_reload_successful 0.0" in exposition
 
 
+def wait_until_refused(port: int, timeout: float = 15) -> None:
+    """Until the listening socket is closed: a connect is refused."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"port {port} still accepts connections")
+
+
 def test_sigterm_drains_open_connections(site: Site, processes: list) -> None:
+    drain = 8.0  # long enough for the echo below on a loaded machine
     with ThreadedEcho() as echo:
         routes = '[routes.all]\ndefault = true\npool = "p"\n'
-        daemon = launch(site, config_text(site, routes, pool("p", [echo.port])), processes)
+        text = config_text(site, routes, pool("p", [echo.port]), drain_timeout=drain)
+        daemon = launch(site, text, processes)
         context = client_context(site.ca_pem)
         with tls_client(site.port, "a.test", context) as tls:
+            tls.sendall(b"before")
+            assert recv_exactly(tls, 6) == b"before"
+            signalled = time.monotonic()
             daemon.signal(signal.SIGTERM)
-            time.sleep(0.3)
-            with pytest.raises(OSError):
-                socket.create_connection(("127.0.0.1", site.port), timeout=1).close()
+            wait_until_refused(site.port)  # new connections are no longer accepted
             tls.sendall(b"during drain")  # the established connection keeps working
             assert recv_exactly(tls, 12) == b"during drain"
-            started = time.monotonic()
-            assert daemon.process.wait(timeout=10) == 0
-            assert 1.5 < time.monotonic() - started + 0.3 < 6  # closed at the 3 s drain timeout
+            assert daemon.process.wait(timeout=drain + 30) == 0
+            # It was still open, so the daemon waited the whole drain timeout, then closed it.
+            assert time.monotonic() - signalled >= drain
         daemon.wait_for_log("end=shutdown")
 
 
