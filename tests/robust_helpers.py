@@ -21,7 +21,7 @@ from tls13 import ClientConfig, ClientConnection, SessionTicket, TLSError, event
 from tls13.certificates import CertificateChain
 from tls13.record import ALERT, APPLICATION_DATA
 
-TIMEOUT = 10.0
+TIMEOUT = 30.0  # a failure bound only: waits return as soon as their condition holds
 ROUTE_ALL = '[routes.all]\ndefault = true\npool = "p"\n'
 
 
