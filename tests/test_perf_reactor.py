@@ -216,6 +216,27 @@ def test_backpressure_and_edges_while_the_task_writes(test_ca: Issued) -> None:
     trio.run(main)
 
 
+def test_many_records_in_one_read_reach_the_backend_in_order(test_ca: Issued) -> None:
+    """A read holding several records is forwarded as one gathered write (and joined when
+    it holds more records than one gathered write takes): same bytes, same order."""
+    batches = [
+        [b"%03d:" % n + b"r" * (n % 7) for n in range(count)] for count in (3, 40, 64, 65, 300)
+    ]
+
+    async def main() -> None:
+        with trio.fail_after(30):
+            async with spliced(test_ca) as link:
+                for pieces in batches:
+                    for piece in pieces:  # one record each, all sent in one client write
+                        link.tls.send_data(piece)
+                    await link.client.send_all(link.tls.data_to_send())
+                    expected = b"".join(pieces)
+                    assert await _exactly(link.backend, len(expected)) == expected
+        assert link.record.bytes_from_client == sum(len(b"".join(p)) for p in batches)
+
+    trio.run(main)
+
+
 # Another process keeps a download always ready: it floods the backend end and discards
 # what reaches the client end (threads here would share our GIL and pace the flood).
 _FLOOD = """
