@@ -149,9 +149,9 @@ def _protected_pair() -> tuple[RecordLayer, RecordLayer]:
 
 
 def _input_buffer_size(layer: RecordLayer) -> int:
-    # The input buffer: a kept read (bytes) or a joined one (bytearray).
-    (buffer,) = [o for o in gc.get_referents(layer) if isinstance(o, (bytes, bytearray))]
-    return sys.getsizeof(buffer)
+    # The input buffers: kept reads (bytes) or joined ones (bytearray).
+    buffers = [o for o in gc.get_referents(layer) if isinstance(o, (bytes, bytearray))]
+    return sum(sys.getsizeof(buffer) for buffer in buffers)
 
 
 def test_record_input_buffer_is_freed_once_everything_is_read() -> None:

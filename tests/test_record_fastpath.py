@@ -153,6 +153,43 @@ def test_kept_read_with_a_partial_record_then_the_rest() -> None:
     assert _drain(reader) == [(APPLICATION_DATA, b"two")]
 
 
+def test_a_read_completing_a_record_is_kept_behind_it() -> None:
+    """Only the completed record is copied; the rest of the read stays where it is, and
+    receiving again before it was read still yields every record in order."""
+    _, writer, reader = _layers()
+    payloads = [bytes([n]) * 3000 for n in range(6)]
+    for payload in payloads:
+        writer.write(APPLICATION_DATA, payload)
+    wire = writer.take_output()
+    record_len = len(wire) // 6
+    reader.receive(wire[: record_len + 100])  # one record and a part of the next
+    assert reader.next_record() == (APPLICATION_DATA, payloads[0])
+    assert reader.next_record() is None
+    reader.receive(wire[record_len + 100 : 4 * record_len + 50])
+    assert reader.buffered == 3 * record_len + 50
+    assert len(reader._in) == record_len  # only the completed record was copied
+    assert reader.next_record() == (APPLICATION_DATA, payloads[1])  # the carried record
+    reader.receive(wire[4 * record_len + 50 :])  # before the kept rest was read
+    assert _drain(reader) == [(APPLICATION_DATA, payload) for payload in payloads[2:]]
+    assert reader.buffered == 0
+
+
+def test_keys_change_between_a_carried_record_and_the_rest_of_the_read() -> None:
+    _, old, reader = _layers()
+    new = RecordLayer()
+    new.set_write_key(SUITES[0x1301], b"n" * 32)
+    old.write(HANDSHAKE, b"finished" * 100)
+    first = old.take_output()
+    new.write(APPLICATION_DATA, b"under the new key")
+    wire = first + new.take_output()
+    reader.receive(wire[:50])
+    assert reader.next_record() is None
+    reader.receive(wire[50:])
+    assert reader.next_record() == (HANDSHAKE, b"finished" * 100)
+    reader.set_read_key(SUITES[0x1301], b"n" * 32)  # §5.1: on the record boundary
+    assert _drain(reader) == [(APPLICATION_DATA, b"under the new key")]
+
+
 def test_input_bound_holds_for_a_kept_read() -> None:
     reader = RecordLayer()
     reader.set_buffer_limit(0)  # raised to two full records

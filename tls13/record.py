@@ -113,6 +113,8 @@ class RecordLayer:
     __slots__ = (
         "_in",
         "_in_pos",
+        "_in_next",
+        "_in_next_pos",
         "_out",
         "_out_len",
         "_read",
@@ -130,6 +132,9 @@ class RecordLayer:
         # Unconsumed input: a kept ``bytes`` read, or a bytearray once reads had to be joined.
         self._in: bytes | bytearray = b""
         self._in_pos = 0
+        # The rest of a read kept behind ``_in`` when ``_in`` holds one record it completed.
+        self._in_next = b""
+        self._in_next_pos = 0
         # Output is a list of chunks joined once per drain: growing one bytearray record by
         # record costs a realloc-copy of everything queued so far (3x slower at 1 MiB writes).
         self._out: list[bytes | bytearray] = []
@@ -212,37 +217,50 @@ class RecordLayer:
     def receive(self, data: bytes | bytearray | memoryview) -> None:
         """Buffer bytes from the transport (bounded: a peer cannot make us hoard).
 
-        When everything before was consumed (the steady state: one read, whole records), a
-        ``bytes`` read is kept as it is, not copied; records are deprotected from views of it.
+        Records are deprotected from views of the reads, copied as little as possible: when
+        everything before was consumed (one read, whole records), a ``bytes`` read is kept
+        as it is; when a record was left incomplete, only that record is completed in a
+        buffer of our own and the rest of the read is kept, uncopied, behind it.
         """
         buf = self._in
         pos = self._in_pos
-        if len(buf) - pos + len(data) > self._buffer_limit:
+        if self.buffered + len(data) > self._buffer_limit:
             raise TLSError(
                 AlertDescription.internal_error,
                 "record input buffer limit exceeded",
                 limit="max_record_buffer",
             )
-        if pos == len(buf):
+        if self._in_next:  # a read is kept behind a completed record already: join all
+            self._join(data)
+        elif pos == len(buf):
             # Immutable bytes can be kept; a caller's mutable buffer must be copied.
             self._in = data if type(data) is bytes else bytearray(data)
             self._in_pos = 0
-            return
-        if type(buf) is bytearray:
-            if pos:
-                del buf[:pos]
-            buf += data
-        else:  # a kept read with a partial record left: continue in a buffer of our own
+        elif type(data) is bytes and 0 < (need := _missing(buf, pos)) < len(data):
             with memoryview(buf) as view:
-                rest = bytearray(view[pos:])
-            rest += data
-            self._in = rest
-        self._in_pos = 0
+                carried = bytearray(view[pos:])
+            with memoryview(data) as more:
+                carried += more[:need]
+            self._in, self._in_pos = carried, 0
+            self._in_next, self._in_next_pos = data, need
+        else:
+            self._join(data)
+
+    def _join(self, data: bytes | bytearray | memoryview) -> None:
+        """Everything unconsumed, then ``data``, in one buffer of our own."""
+        with memoryview(self._in) as view:
+            joined = bytearray(view[self._in_pos :])
+        if self._in_next:
+            with memoryview(self._in_next) as view:
+                joined += view[self._in_next_pos :]
+        joined += data
+        self._in, self._in_pos = joined, 0
+        self._in_next, self._in_next_pos = b"", 0
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as records."""
-        return len(self._in) - self._in_pos
+        return len(self._in) - self._in_pos + len(self._in_next) - self._in_next_pos
 
     def next_record(self) -> tuple[int, bytes] | None:
         """The next complete record as ``(content_type, payload)``, or None if incomplete."""
@@ -251,6 +269,10 @@ class RecordLayer:
             pos = self._in_pos
             size = len(buf)
             if size - pos < HEADER_LEN:
+                if pos == size and self._in_next:  # the completed record is read: go on
+                    self._in, self._in_pos = self._in_next, self._in_next_pos
+                    self._in_next, self._in_next_pos = b"", 0
+                    continue
                 if pos and pos == size:
                     # All consumed: free the buffer now rather than hold the last read, up
                     # to 64 KiB after a bulk transfer, while the peer idles.
@@ -499,6 +521,17 @@ class RecordLayer:
     @property
     def pending_output(self) -> int:
         return self._out_len
+
+
+def _missing(buf: bytes | bytearray, pos: int) -> int:
+    """Bytes still missing from the record at ``pos`` (0 if its header is incomplete or
+    its length is invalid: the caller then just joins, and framing reports the error)."""
+    if len(buf) - pos < HEADER_LEN:
+        return 0
+    length = (buf[pos + 3] << 8) | buf[pos + 4]
+    if length > MAX_CIPHERTEXT:
+        return 0
+    return max(0, pos + HEADER_LEN + length - len(buf))
 
 
 def _inner_content(inner: bytes) -> tuple[int, bytes]:
