@@ -632,6 +632,9 @@ class _SpliceState:
     chunk: int
     slack: float = 0.0
     _moved_at: float = float("-inf")
+    # A pump finished (either way): the one that finishes second knows the connection closes
+    # next, so it need not half-close its sink first.
+    pump_ended: bool = False
 
     def __post_init__(self) -> None:
         self.slack = min(IDLE_SLACK, self.idle / 16)
@@ -660,7 +663,9 @@ async def splice(
 ) -> None:
     """Two pumps with an idle deadline that any byte in either direction pushes back.
     The deadline sits on the nursery's own cancel scope: a scope of its own would cost every
-    idle connection another CancelScope and CancelStatus (about 600 bytes)."""
+    idle connection another CancelScope and CancelStatus (about 600 bytes). The caller closes
+    both streams when this returns: if the client's direction ends last, the client gets
+    close_notify here and the TCP FIN with that close (see ``_pass_eof``)."""
     async with trio.open_nursery() as nursery:
         scope = nursery.cancel_scope
         state = _SpliceState(scope, idle, record, chunk)
@@ -673,11 +678,22 @@ async def splice(
     record.finish("ok")
 
 
-async def _pass_eof(sink: trio.abc.Stream) -> None:
+async def _pass_eof(sink: trio.abc.Stream, closing: bool) -> None:
     """Forward end-of-stream. If the other side is already fully gone, there is nobody left
-    to tell: every byte was delivered, so that is not an error of this connection."""
+    to tell: every byte was delivered, so that is not an error of this connection.
+
+    ``closing``: the other direction has ended too, so the connection's teardown closes the
+    client's TLS stream right after this, and that close sends the TCP FIN. Only
+    close_notify must precede it (RFC 8446 §6.1, the client's end of data); a
+    shutdown(SHUT_WR) first would be a syscall for nothing, and fails (ENOTCONN) whenever
+    the client closed its socket first, as one that sent close_notify and stopped reading
+    does (its kernel answers our close_notify with a reset). A backend's only end signal is
+    the FIN, so it always gets it at once; half-close while the other direction still runs
+    is unchanged."""
     try:
-        if isinstance(sink, trio.abc.HalfCloseableStream):
+        if closing and isinstance(sink, TLSStream):
+            await sink.send_close_notify()
+        elif isinstance(sink, trio.abc.HalfCloseableStream):
             await sink.send_eof()
         else:
             await sink.aclose()
@@ -735,7 +751,7 @@ async def _pump(
             # Not held while the pump waits for the next one: after a bulk transfer an idle
             # connection would otherwise keep up to a chunk (64 KiB) per direction.
             data = None
-        await _pass_eof(sink)
+        await _pass_eof(sink, closing=state.pump_ended)
     except TLSTruncated as exc:
         state.record.finish("client_truncated", str(exc))
         state.scope.cancel()
@@ -748,5 +764,6 @@ async def _pump(
         state.record.finish(f"{side}_error", str(exc))
         state.scope.cancel()
     finally:
+        state.pump_ended = True
         if relay is not None:
             relay.reactor.remove(relay)

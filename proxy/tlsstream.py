@@ -5,6 +5,7 @@
 * ``send_all`` hands the engine the whole chunk: the engine cuts it into full 16 KiB records,
   and a small write is flushed at once (no Nagle-style delay in our layer).
 * ``send_eof`` sends close_notify (RFC 8446 §6.1); the peer may keep sending afterwards.
+  ``send_close_notify`` sends it without the TCP shutdown, for a caller that closes next.
 * A received close_notify is a clean EOF (``b""``); a transport EOF without one is a
   truncation and raises ``TLSTruncated`` so a proxy never forwards it as a clean end.
 * ``abort`` is the reverse: the other side of the proxy ended abruptly, so we close without
@@ -613,12 +614,22 @@ class TLSStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("stream closed")
         if self._sent_close_notify:
             return
-        self._sent_close_notify = True
-        self.connection.close()
-        await self._flush()
+        await self.send_close_notify()
         if isinstance(self.transport, trio.abc.HalfCloseableStream):
             async with self._send_lock:
                 await self.transport.send_eof()
+
+    async def send_close_notify(self) -> None:
+        """Send close_notify and leave the TCP stream alone: for a caller that closes the
+        stream next, whose close ends the TCP stream (FIN) anyway. ``send_eof``'s shutdown
+        would cost a syscall more, and fails once the peer has closed its socket."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        if self._sent_close_notify:
+            return
+        self._sent_close_notify = True
+        self.connection.close()
+        await self._flush()
 
     async def _flush(self) -> None:
         out = self.connection.data_to_send()

@@ -9,7 +9,8 @@ import pytest
 import trio
 from certs import Issued, make_leaf
 
-from proxy.tlsstream import TLSStream, TLSStreamError, TLSTruncated
+from proxy.connection import _pass_eof
+from proxy.tlsstream import FastSocketStream, TLSStream, TLSStreamError, TLSTruncated
 from tls13 import (
     AlertDescription,
     CertificateChain,
@@ -94,6 +95,42 @@ def test_half_close_each_way(test_ca: Issued) -> None:
         assert client.closed is True
 
     run_pair(test_ca, body)
+
+
+@pytest.mark.parametrize("closing", [False, True], ids=["half-close", "closing"])
+def test_passing_the_end_to_the_client(test_ca: Issued, closing: bool) -> None:
+    # The pump that ends first half-closes (close_notify, then FIN; the client may still
+    # send). The one that ends second sends close_notify only: the close right after it
+    # sends the FIN, and a shutdown first would fail once the client closed its socket.
+    async def body(server: TLSStream, client: Client) -> None:
+        client.conn.close()
+        await client.flush()
+        assert await server.receive_some() == b""
+        await _pass_eof(server, closing=closing)
+        assert server.close_notify_sent
+        transport = server.transport
+        assert isinstance(transport, trio.SocketStream)
+        assert transport.socket.did_shutdown_SHUT_WR is not closing
+        await client.read_until(1)
+        assert client.closed is True
+        if closing:
+            await server.aclose()
+        assert await client.stream.receive_some(1) == b""  # the FIN, either way
+
+    run_pair(test_ca, body)
+
+
+@pytest.mark.parametrize("closing", [False, True], ids=["half-close", "closing"])
+def test_a_backend_gets_its_fin_at_once(closing: bool) -> None:
+    async def main() -> None:
+        ours, theirs = trio.socket.socketpair()
+        backend = FastSocketStream.wrap(ours)
+        await _pass_eof(backend, closing=closing)
+        assert await theirs.recv(1) == b""  # before any close: the FIN is its only end signal
+        await backend.aclose()
+        theirs.close()
+
+    trio.run(main)
 
 
 def test_eof_without_close_notify_is_truncation(test_ca: Issued) -> None:
