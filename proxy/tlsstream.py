@@ -184,7 +184,11 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._drained:
             # The last read emptied the socket (a request/response exchange): a read now
-            # would almost surely fail with EAGAIN, so wait for data first.
+            # would almost surely fail with EAGAIN, so wait for data first. A FIN that came
+            # with that data waits one scheduler pass too (~12 µs, once per connection):
+            # only a syscall could tell it is there, and a recv first would cost every
+            # keep-alive read a failed call (~1.5 µs). The relays (proxy.reactor) learn of
+            # the FIN from EPOLLRDHUP and read it at once.
             self._streak = 0
             return await self._receive_blocking(max_bytes)
         try:
