@@ -14,7 +14,8 @@ Design (details in docs/metrics.md):
   derived from a client (addresses, raw SNI) is ever a label.
 * Workers are separate processes: :func:`setup_multiprocess` switches prometheus-client to
   its multi-process mode (one mmap file per process in a directory the parent owns), and the
-  endpoint started by :func:`start_metrics_server` merges all of them into one view.
+  endpoint started by :func:`start_metrics_server` merges all of them into one view.  A
+  worker keeps its values in memory and writes them to its file in batches (:func:`flush`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -505,6 +506,145 @@ class _BackendSeries:
     duration: Histogram
 
 
+# --------------------------------------------------------------------------- worker values
+
+# How often a worker writes the metric updates it made to its file, so how far behind its own
+# counters a scrape can be: well under any scrape interval.  A worker also writes at exit.
+WORKER_FLUSH_INTERVAL = 0.5
+
+
+class _WorkerValue:
+    """One value of a worker process: a float in memory, written to the process's mmap file
+    by :func:`flush` (on a short timer) rather than at every update.
+
+    prometheus-client's multi-process value writes its file under a global lock on every
+    ``inc``; with the dozen or so updates a connection makes, that doubled the cost of a
+    worker's connection accounting over the single process's.  Here an update is an add,
+    plus an append to the pending list the first time since the last flush.  A worker
+    updates its metrics from its event loop's thread only (it serves no scrapes), so no
+    lock is needed.  The file format and keys are prometheus-client's, so its
+    ``MultiProcessCollector`` in the parent and :func:`mark_worker_dead` read them as before.
+    """
+
+    __slots__ = ("_value", "_timestamp", "_file", "_key", "_pending")
+    _multiprocess = True
+
+    def __init__(
+        self,
+        typ: str,
+        metric_name: str,
+        name: str,
+        labelnames: Sequence[str],
+        labelvalues: Sequence[str],
+        help_text: str,
+        multiprocess_mode: str = "",
+        **_options: object,
+    ) -> None:
+        # File per kind as in prometheus-client: counter_<pid>.db, gauge_livesum_<pid>.db, …
+        self._file = f"gauge_{multiprocess_mode}" if typ == "gauge" else typ
+        self._key: str = mmap_dict.mmap_key(
+            metric_name, name, list(labelnames), list(labelvalues), help_text
+        )
+        self._value = 0.0
+        self._timestamp = 0.0
+        self._pending = False
+        _worker_values.created(self)
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+        if not self._pending:
+            self._pending = True
+            _worker_values.pending.append(self)
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self._value = value
+        self._timestamp = timestamp or 0.0  # mostrecent gauges: when it was observed
+        if not self._pending:
+            self._pending = True
+            _worker_values.pending.append(self)
+
+    def get(self) -> float:
+        return self._value
+
+    def set_exemplar(self, exemplar: object) -> None:
+        return  # multi-process mode has no exemplars
+
+    def get_exemplar(self) -> None:
+        return None
+
+
+class _WorkerValueFiles:
+    """Every :class:`_WorkerValue` of this process, which of them changed since the last
+    flush, and the process's open files (opened at the first flush)."""
+
+    def __init__(self) -> None:
+        self.every: list[_WorkerValue] = []
+        self.pending: list[_WorkerValue] = []
+        self._files: dict[str, Any] = {}  # file kind → MmapedDict
+
+    def created(self, value: _WorkerValue) -> None:
+        """A new series: pending at zero, so it is exposed before its first update.
+
+        Its file is opened now, as prometheus-client does: series are created while the
+        worker starts, before it drops privileges and can no longer open files in the
+        parent's directory (which only the daemon's starting user may enter).
+        """
+        self.every.append(value)
+        value._pending = True
+        self.pending.append(value)
+        self._file(value._file)
+
+    def _file(self, kind: str) -> Any:
+        file = self._files.get(kind)
+        if file is None:
+            directory = os.environ[MULTIPROC_ENV]
+            path = os.path.join(directory, f"{kind}_{os.getpid()}.db")
+            file = self._files[kind] = _MmapedDict(path)
+        return file
+
+    def flush(self) -> None:
+        if not self.pending or not os.environ.get(MULTIPROC_ENV):
+            return
+        pending, self.pending = self.pending, []
+        for value in pending:
+            value._pending = False
+            self._file(value._file).write_value(value._key, value._value, value._timestamp)
+
+    def forget_files(self) -> None:
+        """In a forked child: the files are the parent's; start from zero in our own."""
+        for file in self._files.values():
+            file.close()
+        self._files.clear()
+        self.pending = []
+        for value in self.every:
+            value._value, value._timestamp = 0.0, 0.0
+            value._pending = True
+            self.pending.append(value)
+
+
+_worker_values = _WorkerValueFiles()
+os.register_at_fork(after_in_child=_worker_values.forget_files)
+
+# prometheus-client's per-process file format (untyped upstream).
+_MmapedDict: Any = mmap_dict.MmapedDict
+
+
+def flush() -> None:
+    """Worker: write the metric updates made since the last flush to this process's files.
+
+    The worker's event loop calls this every :data:`WORKER_FLUSH_INTERVAL` and once more when
+    it exits; elsewhere (the single process, the workers' parent) values are stored as they
+    change and there is nothing to do.
+    """
+    _worker_values.flush()
+
+
+if os.environ.get(MULTIPROC_ENV):
+    # Imported with the directory exported: a worker started by a multi-process parent
+    # (which itself switches to prometheus-client's file-per-update values when it calls
+    # setup_multiprocess, after importing us).
+    values.ValueClass = _WorkerValue
+
 # Counters exported with an explicit `_total` suffix and without `_created` samples, the same
 # in single- and multi-process mode (multi-process mode cannot export `_created`).
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -964,9 +1104,6 @@ def mark_worker_dead(pid: int) -> None:
 # Serialises archive folding with scrapes (both run in the parent): a scrape must never see a
 # dead worker's values twice (archive updated, file not yet removed) or not at all.
 _files_lock = threading.Lock()
-
-# prometheus-client's per-process file format (untyped upstream).
-_MmapedDict: Any = mmap_dict.MmapedDict
 
 _ARCHIVE_MERGE = {
     "counter": lambda old, new: new[0] + old[0],

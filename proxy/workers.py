@@ -579,11 +579,20 @@ async def _report(process: ProxyProcess, fd: int) -> None:
             await trio.sleep(HEARTBEAT_INTERVAL)
 
 
+async def _flush_metrics() -> None:
+    """Write this worker's metric updates to its file for the parent's scrapes, in batches
+    (see ``metrics.flush``); ``worker_main`` writes the last ones at exit."""
+    while True:
+        metrics.flush()
+        await trio.sleep(metrics.WORKER_FLUSH_INTERVAL)
+
+
 async def worker_async(
     process: ProxyProcess, early_signals: list[int], report_fd: int | None = None
 ) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_with_early_signals, process, early_signals)
+        nursery.start_soon(_flush_metrics)
         nursery.start_soon(_control, process, trio.lowlevel.FdStream(os.dup(0)))
         if report_fd is not None:
             nursery.start_soon(_report, process, report_fd)
@@ -618,9 +627,12 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         drop_to=(settings.global_.user, settings.global_.group),
     )
     report_fd = message.get("report_fd")
-    trio.run(
-        worker_async, process, early_signals, report_fd if isinstance(report_fd, int) else None
-    )
+    try:
+        trio.run(
+            worker_async, process, early_signals, report_fd if isinstance(report_fd, int) else None
+        )
+    finally:
+        metrics.flush()  # the last connections' counts, before the parent folds our files
     return 0
 
 

@@ -282,6 +282,7 @@ def run_worker(name: str, count: int, parent_metrics_inode: int = -1) -> None:
     inherited = "n/a"
     if parent_metrics_inode >= 0:
         inherited = "open" if holds_socket(parent_metrics_inode) else "closed"
+    metrics.flush()  # what proxy.workers does on a timer (a no-op in the forked worker)
     print(json.dumps({"worker": name, "pid": os.getpid(), "metrics_fd": inherited}), flush=True)
     sys.stdin.readline()
     open_conn.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from metrics_helpers import (
     POOL,
     PROMTOOL,
     SERVERS,
+    child_env,
     command,
     parse_exposition,
     promtool_check_metrics,
@@ -176,3 +179,64 @@ def test_fold_leaves_per_process_gauges_alone(tmp_path: Path) -> None:
     metrics._fold_into_archive(dead_path, "gauge_all")
     assert dead_path.exists()
     assert not (tmp_path / "gauge_all_archive.db").exists()
+
+
+WORKER_VALUES_CHILD = """
+import json, sys
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess, values
+from proxy import metrics
+
+def seen():
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, sys.argv[1])
+    return generate_latest(registry).decode()
+
+class Handshake:
+    version, cipher_suite, group = "TLSv1.3", "TLS_AES_128_GCM_SHA256", "x25519"
+    hello_retry = resumed = early_data_accepted = False
+
+report = {"worker_values": values.ValueClass is metrics._WorkerValue}
+metrics.declare_listener("public")
+report["declared_before_flush"] = seen()
+metrics.flush()
+report["declared_after_flush"] = seen()
+with metrics.ConnectionMetrics("public") as connection:
+    connection.handshake_completed(Handshake())
+    connection.add_sent(300)
+metrics.config_reloaded(False)
+report["updated_before_flush"] = seen()
+metrics.flush()
+report["updated_after_flush"] = seen()
+print(json.dumps(report))
+"""
+
+
+def test_worker_values_reach_the_files_at_flush(tmp_path: Path) -> None:
+    """A worker (imported with the directory exported) keeps its updates in memory and
+    writes them, in prometheus-client's format, when it flushes."""
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_VALUES_CHILD, str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
+        check=True,
+    )
+    report = json.loads(done.stdout)
+    assert report["worker_values"]
+    accepted = "tls13proxy_connections_accepted_total"
+    assert accepted not in report["declared_before_flush"]
+    declared = parse_exposition(report["declared_after_flush"])
+    assert declared.value(accepted, listener=LISTENER) == 0, "declared series exposed at zero"
+    before = parse_exposition(report["updated_before_flush"])
+    assert before.value(accepted, listener=LISTENER) == 0, "nothing written before the flush"
+    after = parse_exposition(report["updated_after_flush"])
+    assert after.value(accepted, listener=LISTENER) == 1
+    assert after.value("tls13proxy_sent_bytes_total", listener=LISTENER) == 300
+    assert after.total("tls13proxy_handshakes_total", listener=LISTENER) == 1
+    assert after.value("tls13proxy_handshake_duration_seconds_count", listener=LISTENER) == 1
+    assert after.value("tls13proxy_connections_active", listener=LISTENER) == 0
+    assert after.value("tls13proxy_config_reload_failures_total") == 1
+    assert after.value("tls13proxy_config_last_reload_successful") == 0, "mostrecent gauge"
