@@ -432,15 +432,21 @@ def test_killed_worker_is_replaced(site: Site, processes: list) -> None:
         for i in range(20):
             payload = b"w%d" % i
             assert tls_exchange(site.port, "a.test", context, payload, len(payload)) == payload
-        # The parent's endpoint aggregates every worker's counters.
+        # The parent's endpoint aggregates every worker's counters (which workers write
+        # every metrics.WORKER_FLUSH_INTERVAL).
         daemon.wait_for_log("end=ok", count=20)
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
-            exposition = response.read().decode()
-        handshakes = [
-            float(line.rsplit(" ", 1)[1])
-            for line in exposition.splitlines()
-            if line.startswith("tls13proxy_handshakes_total{")
-        ]
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                exposition = response.read().decode()
+            handshakes = [
+                float(line.rsplit(" ", 1)[1])
+                for line in exposition.splitlines()
+                if line.startswith("tls13proxy_handshakes_total{")
+            ]
+            if sum(handshakes) >= 20 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert sum(handshakes) >= 20, exposition
         assert "tls13proxy_worker_restarts_total 1.0" in exposition
         assert daemon.stop() == 0
