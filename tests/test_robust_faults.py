@@ -211,6 +211,9 @@ def test_client_reset_mid_handshake_is_logged_once_and_counted(
     sock.recv(1)  # the server's flight has started
     reset_socket(sock)
     healthy_exchange(setup)
+    # launch's port probe is a client_gone too: wait for this connection's own line (it is
+    # written after the connection was counted).
+    setup.daemon.wait_for_log(f"client=127.0.0.1:{client_port} ")
     setup.wait_metric("tls13proxy_handshake_failures_total", reason="connection_error")
     setup.wait_metric("tls13proxy_connections_closed_total", end="client_gone")
     ours = [line for line in setup.daemon.log().splitlines() if f":{client_port} " in line]
