@@ -67,7 +67,8 @@ def make_ca(name: str = "tls13-proxy test CA", kind: str = "p256") -> Issued:
         .not_valid_after(now + datetime.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, _sign_hash(key))
@@ -113,7 +114,9 @@ def make_leaf(
     return Issued(cert, key)
 
 
-def write_pair(directory: Path, stem: str, leaf: Issued, ca: Issued | None = None) -> tuple[Path, Path]:
+def write_pair(
+    directory: Path, stem: str, leaf: Issued, ca: Issued | None = None
+) -> tuple[Path, Path]:
     """Write ``stem.crt`` (leaf then CA) and ``stem.key``; return their paths."""
     crt = directory / f"{stem}.crt"
     key = directory / f"{stem}.key"
