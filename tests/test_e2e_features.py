@@ -216,6 +216,16 @@ def scrape(port: int) -> str:
         return response.read().decode()
 
 
+def scrape_until(port: int, needed: str, timeout: float = 30.0) -> str:
+    """Scrape until ``needed`` shows: the daemon logs a refusal before it counts it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        exposition = scrape(port)
+        if needed in exposition or time.monotonic() > deadline:
+            return exposition
+        time.sleep(0.05)
+
+
 def test_health_checks_unix_backend_and_empty_pool(
     site: Site, processes: list, unix_echo: Path
 ) -> None:
@@ -247,10 +257,9 @@ connect_timeout = 1.0
     # Refused because no server is healthy (reason no_backend below), not after a failed
     # connect attempt to the dead server.
     daemon.wait_for_log("no healthy backend server")
-    exposition = scrape(metrics_port)
-    assert 'tls13proxy_connections_rejected_total{listener="main",reason="no_backend"} 1.0' in (
-        exposition
-    )
+    refused = 'tls13proxy_connections_rejected_total{listener="main",reason="no_backend"} 1.0'
+    exposition = scrape_until(metrics_port, refused)
+    assert refused in exposition
     assert 'tls13proxy_backend_up{pool="pb",server="127.0.0.1:' in exposition
     daemon.wait_for_log("end=ok", count=6)
 
