@@ -24,6 +24,7 @@ Invariants the pumps rely on:
 
 from __future__ import annotations
 
+import abc
 import select
 from typing import TYPE_CHECKING, Protocol
 
@@ -59,7 +60,7 @@ _MAX_GATHER = 64
 _REACTOR: trio.lowlevel.RunVar[Reactor | None] = trio.lowlevel.RunVar("tls13proxy_reactor")
 
 
-class Relay:
+class Relay(abc.ABC):
     """One direction of a spliced connection, driven by the reactor while its task is parked.
 
     Subclasses implement ``step`` (read once and forward, synchronously) and call
@@ -81,9 +82,9 @@ class Relay:
         self._item: object = None
         self._inline = False
 
+    @abc.abstractmethod
     def step(self) -> None:
         """Read once and forward; ``hand_over`` if the task has to finish the job."""
-        raise NotImplementedError
 
     def hand_over(self, item: object) -> None:
         """Stop forwarding in callbacks and wake the task with ``item``."""
